@@ -1,0 +1,79 @@
+//! The application: configuration, stores and services, shared by every handler as
+//! [`AppState`], and the router that puts the API families together.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+use crate::config::Config;
+use crate::meta::{MetaStore, Topology, TopologyStatus};
+use crate::storage::DynStorage;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub site_id: String,
+    /// How peers reach this site (config, or derived from the bound address).
+    pub public_url: String,
+    pub meta: MetaStore,
+    pub storage: DynStorage,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens the stores, cleans up after a crash, and seeds the topology from the config.
+    pub async fn open(config: Config, public_url: String) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.site.data_dir)?;
+        let meta = MetaStore::open(&config.metadata_url()).await?;
+        let storage = crate::storage::open(&config).await?;
+        let state = AppState(Arc::new(Inner { site_id: config.site.id.clone(), public_url, meta, storage, config }));
+        state.recover().await?;
+        for peer in &state.config.peers {
+            let t = Topology {
+                id: peer.id.clone(),
+                name: peer.name.clone().unwrap_or_else(|| peer.id.clone()),
+                uri: peer.url.clone(),
+                status: TopologyStatus::Up,
+            };
+            state.meta.seed_topology(&t).await?;
+        }
+        Ok(state)
+    }
+
+    /// Startup sweep: temporaries and uploads that a crash interrupted are removed.
+    async fn recover(&self) -> anyhow::Result<()> {
+        let temporaries = self.storage.sweep().await?;
+        let uploads = self.meta.sweep_uploads().await?;
+        for (bucket, name) in &uploads {
+            self.storage.delete(bucket, name).await?;
+        }
+        if temporaries > 0 || !uploads.is_empty() {
+            tracing::info!(temporaries, uploads = uploads.len(), "removed what an interrupted run left behind");
+        }
+        Ok(())
+    }
+
+    /// Called when the administration API changes the topology.
+    pub fn topology_changed(&self) {}
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(crate::http::metrics::render))
+            .merge(crate::dataplane::accessor::routes())
+            .merge(crate::control::admin::routes())
+            .fallback(crate::http::common::no_route)
+            .layer(axum::middleware::from_fn(crate::http::common::common_protocol))
+            .with_state(self.clone())
+    }
+}

@@ -1,0 +1,369 @@
+//! TOML configuration. Every key of the ARCHITECTURE contract is accepted; unknown keys are errors
+//! that name the key (serde's `deny_unknown_fields`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub topology: TopologyConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    #[serde(default = "default_site_id")]
+    pub id: String,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// How peers reach this site; empty means "derived from the bound address".
+    #[serde(default)]
+    pub public_url: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self {
+            id: default_site_id(),
+            listen: default_listen(),
+            public_url: String::new(),
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    #[serde(default)]
+    pub bucket_prefix: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_backend(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            force_path_style: false,
+            bucket_prefix: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// `sqlite://PATH`; empty means `sqlite://<data_dir>/meta.db`.
+    #[serde(default)]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: String,
+    pub url: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "default_retention")]
+    pub failed_retention_hours: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            workers: default_workers(),
+            max_attempts: default_max_attempts(),
+            backoff_initial_ms: default_backoff_initial(),
+            backoff_max_ms: default_backoff_max(),
+            failed_retention_hours: default_retention(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// None: on, except when the site listens on a loopback address.
+    pub enabled: Option<bool>,
+    pub jwt_secret: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub clients: Vec<AuthClient>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthClient {
+    pub id: String,
+    pub secret: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// TLS for the listener and for calls to peers.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and key: when both are set the site listens on https.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle trusted for peers (and for client certificates when `client_auth` is on).
+    pub ca_file: Option<PathBuf>,
+    /// Require peers calling this site to present a certificate signed by `ca_file` (mutual TLS).
+    #[serde(default)]
+    pub client_auth: bool,
+    /// Client certificate and key this site presents to peers.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Per-peer timeout of a lookup (HEAD) in milliseconds.
+    #[serde(default = "default_peer_timeout")]
+    pub peer_timeout_ms: u64,
+    /// How long a negative lookup is remembered.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl_ms: u64,
+    /// How long a positive lookup is remembered.
+    #[serde(default = "default_positive_ttl")]
+    pub positive_ttl_ms: u64,
+    /// Consecutive failures after which a peer is skipped for `peer_backoff_ms`.
+    #[serde(default = "default_peer_failures")]
+    pub peer_failure_threshold: u32,
+    #[serde(default = "default_peer_backoff")]
+    pub peer_backoff_ms: u64,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            peer_timeout_ms: default_peer_timeout(),
+            negative_ttl_ms: default_negative_ttl(),
+            positive_ttl_ms: default_positive_ttl(),
+            peer_failure_threshold: default_peer_failures(),
+            peer_backoff_ms: default_peer_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers) in bytes; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How long a shutdown waits for in-flight streams, in seconds.
+    #[serde(default = "default_drain_secs")]
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            drain_timeout_secs: default_drain_secs(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_site_id() -> String {
+    "site-a".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_backend() -> String {
+    "fs".into()
+}
+fn default_workers() -> usize {
+    4
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_initial() -> u64 {
+    1000
+}
+fn default_backoff_max() -> u64 {
+    300_000
+}
+fn default_retention() -> u64 {
+    24
+}
+fn default_peer_timeout() -> u64 {
+    2000
+}
+fn default_negative_ttl() -> u64 {
+    2000
+}
+fn default_positive_ttl() -> u64 {
+    300_000
+}
+fn default_peer_failures() -> u32 {
+    3
+}
+fn default_peer_backoff() -> u64 {
+    5000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_drain_secs() -> u64 {
+    30
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.site.id.is_empty(), "site.id must not be empty");
+        self.listen_addr()?;
+        anyhow::ensure!(
+            matches!(self.storage.backend.as_str(), "fs" | "s3"),
+            "storage.backend must be \"fs\" or \"s3\", not {:?}",
+            self.storage.backend
+        );
+        anyhow::ensure!(self.replication.workers > 0, "replication.workers must be > 0");
+        anyhow::ensure!(
+            self.replication.max_attempts > 0,
+            "replication.max_attempts must be > 0"
+        );
+        anyhow::ensure!(
+            self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+            "tls.cert_file and tls.key_file go together"
+        );
+        for peer in &self.peers {
+            anyhow::ensure!(peer.id != self.site.id, "peer id {:?} is this site's own id", peer.id);
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.site
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("site.listen {:?}: {e}", self.site.listen))
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.cert_file.is_some()
+    }
+
+    /// `metadata.url`, defaulting to a SQLite file in the data dir.
+    pub fn metadata_url(&self) -> String {
+        if self.metadata.url.is_empty() {
+            format!("sqlite://{}", self.site.data_dir.join("meta.db").display())
+        } else {
+            self.metadata.url.clone()
+        }
+    }
+
+    /// Auth is on unless set explicitly, or the listener is a loopback address (development).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth
+            .enabled
+            .unwrap_or_else(|| !self.listen_addr().map(|a| a.ip().is_loopback()).unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.site.listen, "127.0.0.1:8080");
+        assert_eq!(c.storage.backend, "fs");
+        assert!(c.metadata_url().ends_with("data/meta.db"));
+        assert!(!c.auth_enabled(), "loopback listener: auth off by default");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[site]\nidd = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("idd"), "{err}");
+    }
+
+    #[test]
+    fn architecture_example_parses() {
+        let c = Config::parse(include_str!("../config/three-sites/a.toml")).unwrap();
+        assert_eq!(c.peers.len(), 2);
+    }
+
+    #[test]
+    fn auth_on_for_public_listener() {
+        let c = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        assert!(c.auth_enabled());
+        let c = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n[auth]\nenabled = false\n").unwrap();
+        assert!(!c.auth_enabled());
+    }
+}

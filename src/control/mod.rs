@@ -1,0 +1,3 @@
+//! Control-plane API families, one file each.
+
+pub mod admin;

@@ -1,0 +1,278 @@
+//! The CCS accessor public API under `/cloudclonestore`.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::Utc;
+use futures::TryStreamExt;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+
+use super::headers::{self, object_headers, wants_json, wants_zstd};
+use super::names::{check_bucket, check_object};
+use super::objects::{self, encode_for_client, Expected};
+use crate::app::AppState;
+use crate::error::{Error, Result};
+use crate::http::common::{no_content, ClientId, OpId, TYPE};
+use crate::meta::model::rights;
+use crate::meta::{Bucket, Object, ObjectFilter, Status};
+use crate::storage::ByteStream;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/cloudclonestore", get(list_buckets))
+        .route(
+            "/cloudclonestore/{bucket}",
+            get(get_bucket).head(head_bucket).post(create_bucket).delete(delete_bucket).put(list_objects),
+        )
+        .route(
+            "/cloudclonestore/{bucket}/{*object}",
+            get(get_object).head(head_object).post(create_object).delete(delete_object),
+        )
+}
+
+/// Objects per metadata page when streaming a listing.
+const LIST_PAGE: i64 = 1000;
+
+fn type_header(kind: &'static str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(TYPE, HeaderValue::from_static(kind));
+    h
+}
+
+/// A live bucket the client can see (READ right); anything else is 404 as CCS (410 when deleted).
+async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
+    check_bucket(name)?;
+    let bucket = state.meta.get_bucket(name).await?.ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
+    if state.meta.rights(client, name).await? & rights::READ == 0 && bucket.status != Status::Deleted {
+        return Err(Error::not_found(format!("bucket {name} not found")));
+    }
+    match bucket.status {
+        Status::Deleted => Err(Error::gone(format!("bucket {name} is deleted"))),
+        Status::Ready => Ok(bucket),
+        other => Err(Error::not_found(format!("bucket {name} is not available (status {})", other.as_str()))),
+    }
+}
+
+/// Requires `right` on a bucket: without READ the bucket does not exist for the client (404),
+/// with READ but without `right` it is 403.
+async fn require(state: &AppState, client: &str, bucket: &str, right: i64) -> Result<Bucket> {
+    let b = readable_bucket(state, client, bucket).await?;
+    if state.meta.rights(client, bucket).await? & right == 0 {
+        return Err(Error::forbidden(format!("client {client} may not do that on bucket {bucket}")));
+    }
+    Ok(b)
+}
+
+async fn list_buckets(State(state): State<AppState>, ClientId(client): ClientId) -> Result<Json<Vec<Bucket>>> {
+    Ok(Json(state.meta.list_buckets(&client).await?))
+}
+
+async fn get_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Json<Bucket>> {
+    Ok(Json(readable_bucket(&state, &client, &bucket).await?))
+}
+
+async fn head_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Response> {
+    match readable_bucket(&state, &client, &bucket).await {
+        Ok(_) => Ok(no_content(type_header("BUCKET"))),
+        Err(e) if e.kind == crate::error::Kind::BadRequest => Err(e),
+        Err(_) => Ok((StatusCode::NOT_FOUND, type_header("NONE")).into_response()),
+    }
+}
+
+async fn create_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(name): Path<String>) -> Result<Response> {
+    check_bucket(&name)?;
+    let bucket = Bucket {
+        id: name.clone(),
+        name: name.clone(),
+        client_id: client,
+        site: state.site_id.clone(),
+        creation: Utc::now(),
+        expires: None,
+        status: Status::Ready,
+    };
+    state.storage.create_bucket(&name).await?;
+    state.meta.create_bucket(&bucket).await?;
+    Ok((StatusCode::CREATED, Json(bucket)).into_response())
+}
+
+async fn delete_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(name): Path<String>) -> Result<Response> {
+    require(&state, &client, &name, rights::DELETE).await?;
+    if state.meta.bucket_has_objects(&name).await? {
+        return Err(Error::not_acceptable(format!("bucket {name} is not empty")));
+    }
+    state.meta.delete_bucket(&name).await?;
+    state.storage.delete_bucket(&name).await?;
+    Ok(no_content(HeaderMap::new()))
+}
+
+/// `PUT /cloudclonestore/{bucket}`: the bucket's objects as an NDJSON stream, read from the
+/// metadata store page by page.
+async fn list_objects(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(bucket): Path<String>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    readable_bucket(&state, &client, &bucket).await?;
+    let filter = headers::parse_filter(&req_headers)?;
+    let pages = futures::stream::try_unfold(Some(String::new()), move |cursor| {
+        let (state, bucket, filter) = (state.clone(), bucket.clone(), filter.clone());
+        async move {
+            let Some(after) = cursor else { return Ok(None) };
+            let page = state.meta.list_objects(&bucket, &filter, Some(&after), LIST_PAGE).await?;
+            let next = (page.len() as i64 == LIST_PAGE).then(|| page.last().map(|o| o.name.clone())).flatten();
+            Ok(Some((ndjson_page(&page, &filter), next)))
+        }
+    });
+    let body: ByteStream = Box::pin(pages.try_filter(|b| futures::future::ready(!b.is_empty())));
+    let zstd = wants_zstd(&req_headers);
+    let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    if zstd {
+        resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+    }
+    Ok(resp)
+}
+
+fn ndjson_page(page: &[Object], filter: &ObjectFilter) -> Bytes {
+    let mut out = Vec::new();
+    for obj in page {
+        if filter.metadata_eq.iter().all(|(k, v)| obj.metadata.get(k) == Some(v)) {
+            let _ = serde_json::to_writer(&mut out, obj);
+            out.push(b'\n');
+        }
+    }
+    Bytes::from(out)
+}
+
+async fn create_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    check_bucket(&bucket)?;
+    check_object(&name)?;
+    let upload = headers::parse_upload(&req_headers)?;
+    require(&state, &client, &bucket, rights::WRITE).await?;
+    let obj = Object {
+        id: uuid::Uuid::new_v4().to_string(),
+        site: state.site_id.clone(),
+        bucket,
+        name,
+        hash: upload.hash.clone(),
+        status: Status::Upload,
+        creation: Utc::now(),
+        expires: upload.expires,
+        size: upload.size.unwrap_or(0),
+        metadata: upload.metadata,
+    };
+    let mut stream: ByteStream = Box::pin(
+        body.into_data_stream().map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
+    );
+    if upload.zstd {
+        stream = super::stream::zstd_decode(stream);
+    }
+    let stored = objects::store(&state, obj, stream, Expected { size: upload.size, hash: upload.hash }).await?;
+    Ok((StatusCode::CREATED, object_headers(&stored), Json(stored)).into_response())
+}
+
+/// A READY object the client may read, or 404.
+async fn readable_object(state: &AppState, client: &str, bucket: &str, name: &str) -> Result<Object> {
+    check_object(name)?;
+    readable_bucket(state, client, bucket).await?;
+    match state.meta.get_object(bucket, name).await? {
+        Some(obj) if obj.status == Status::Ready => Ok(obj),
+        _ => Err(Error::not_found(format!("object {bucket}/{name} not found"))),
+    }
+}
+
+async fn get_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    if wants_json(&req_headers) {
+        return Ok((object_headers(&obj), Json(obj)).into_response());
+    }
+    let body = objects::open_verified(&state, &obj, &op_id).await?;
+    Ok(object_response(&obj, body, wants_zstd(&req_headers)))
+}
+
+/// A 200 carrying an object's bytes and every object header.
+pub fn object_response(obj: &Object, body: ByteStream, zstd: bool) -> Response {
+    let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
+    let h = resp.headers_mut();
+    h.extend(object_headers(obj));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if zstd {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+    } else {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(obj.size));
+    }
+    resp
+}
+
+async fn head_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    check_object(&name)?;
+    if readable_bucket(&state, &client, &bucket).await.is_err() {
+        return Ok((StatusCode::NOT_FOUND, type_header("NONE")).into_response());
+    }
+    Ok(match object_type(&state, &bucket, &name).await? {
+        Some((kind, Some(obj))) => {
+            let mut h = object_headers(&obj);
+            h.extend(type_header(kind));
+            no_content(h)
+        }
+        Some((kind, None)) => no_content(type_header(kind)),
+        None => (StatusCode::NOT_FOUND, type_header("NONE")).into_response(),
+    })
+}
+
+/// OBJECT (with the object), DIRECTORY, or None.
+pub async fn object_type(state: &AppState, bucket: &str, name: &str) -> Result<Option<(&'static str, Option<Object>)>> {
+    if let Some(obj) = state.meta.get_object(bucket, name).await? {
+        if obj.status == Status::Ready {
+            return Ok(Some(("OBJECT", Some(obj))));
+        }
+    }
+    let prefix = if name.ends_with('/') { name.to_owned() } else { format!("{name}/") };
+    Ok(state.meta.has_prefix(bucket, &prefix).await?.then_some(("DIRECTORY", None)))
+}
+
+async fn delete_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    check_object(&name)?;
+    require(&state, &client, &bucket, rights::DELETE).await?;
+    let obj = state
+        .meta
+        .get_object(&bucket, &name)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("object {bucket}/{name} not found")))?;
+    match obj.status {
+        Status::Ready | Status::ErrDel => {}
+        Status::Deleted => return Err(Error::gone(format!("object {bucket}/{name} is already deleted"))),
+        other => return Err(Error::conflict(format!("object {bucket}/{name} is {}, it cannot be deleted now", other.as_str()))),
+    }
+    state.meta.set_object_status(&bucket, &name, Status::Deleting).await?;
+    if let Err(e) = state.storage.delete(&bucket, &name).await {
+        state.meta.set_object_status(&bucket, &name, Status::ErrDel).await?;
+        return Err(e);
+    }
+    state.meta.set_object_status(&bucket, &name, Status::Deleted).await?;
+    Ok(no_content(HeaderMap::new()))
+}

@@ -1,0 +1,7 @@
+//! The data plane: the CCS accessor API, the replicator routes, and the streaming adapters.
+
+pub mod accessor;
+pub mod headers;
+pub mod names;
+pub mod stream;
+pub mod objects;

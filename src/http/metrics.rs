@@ -1,0 +1,37 @@
+//! Prometheus metrics: one global recorder, rendered at `GET /metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder once per process and returns its handle.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0])
+                .expect("static buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist when the library is embedded; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!("mirrorgate_requests_total", "Requests by route family and status");
+    metrics::describe_histogram!("mirrorgate_request_duration_seconds", "Time to response headers");
+    metrics::describe_counter!("mirrorgate_bytes_in_total", "Object bytes received from clients and peers");
+    metrics::describe_counter!("mirrorgate_bytes_out_total", "Object bytes sent to clients and peers");
+    metrics::describe_histogram!("mirrorgate_stream_duration_seconds", "Duration of object streams");
+    metrics::describe_counter!("mirrorgate_hash_mismatches_total", "Stored or received bytes whose SHA-256 did not match");
+}
+
+pub async fn render() -> String {
+    handle().render()
+}

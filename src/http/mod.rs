@@ -1,0 +1,6 @@
+//! HTTP plumbing shared by every API family: the server loop, the common CCS headers, metrics.
+
+pub mod common;
+pub mod metrics;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,241 @@
+//! Filesystem storage: `<data_dir>/objects/<bucket>/<h[0..2]>/<h>` where `h` is the hex SHA-256
+//! of the key, so any valid key (with `/`, `..`, 1024 characters) maps to one safe file name.
+//! Writes go to `<data_dir>/tmp`, are fsynced, then renamed into place (and the directory
+//! fsynced), so a crash never leaves a partial object under its final name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio_util::io::ReaderStream;
+
+use super::{ByteStream, ObjectWriter, Storage};
+use crate::error::{Error, Result};
+
+/// Read size for streaming objects out.
+const READ_CHUNK: usize = 256 * 1024;
+/// Incoming chunks are gathered up to this size before one blocking write.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+pub struct FsStorage {
+    objects: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsStorage {
+    pub async fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let objects = data_dir.join("objects");
+        let tmp = data_dir.join("tmp");
+        tokio::fs::create_dir_all(&objects).await?;
+        tokio::fs::create_dir_all(&tmp).await?;
+        Ok(Self { objects, tmp })
+    }
+
+    /// Where an object's bytes live (public so tests and tools can find a file).
+    pub fn object_path(objects_root: &Path, bucket: &str, key: &str) -> PathBuf {
+        let h = hex(&Sha256::digest(key.as_bytes()));
+        objects_root.join(bucket).join(&h[..2]).join(h)
+    }
+
+    fn path(&self, bucket: &str, key: &str) -> PathBuf {
+        Self::object_path(&self.objects, bucket, key)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        tokio::fs::create_dir_all(self.objects.join(bucket)).await?;
+        Ok(())
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<()> {
+        match tokio::fs::remove_dir_all(self.objects.join(bucket)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn writer(&self, bucket: &str, key: &str, _size_hint: Option<u64>) -> Result<Box<dyn ObjectWriter>> {
+        let temp = self.tmp.join(uuid::Uuid::new_v4().to_string());
+        let file = tokio::task::spawn_blocking({
+            let temp = temp.clone();
+            move || std::fs::File::create_new(temp)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        Ok(Box::new(FsWriter {
+            file: Some(file),
+            temp: Some(temp),
+            target: self.path(bucket, key),
+            pending: Vec::new(),
+            pending_len: 0,
+        }))
+    }
+
+    async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream> {
+        let file = match tokio::fs::File::open(self.path(bucket, key)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::storage(format!("object {bucket}/{key} missing from storage")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stream = ReaderStream::with_capacity(file, READ_CHUNK).map(|r| r.map_err(Error::from));
+        Ok(Box::pin(stream))
+    }
+
+    async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(bucket, key)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.path(bucket, key)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn sweep(&self) -> Result<usize> {
+        let mut removed = 0;
+        let mut dir = tokio::fs::read_dir(&self.tmp).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            tokio::fs::remove_file(entry.path()).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+struct FsWriter {
+    file: Option<std::fs::File>,
+    temp: Option<PathBuf>,
+    target: PathBuf,
+    pending: Vec<Bytes>,
+    pending_len: usize,
+}
+
+impl FsWriter {
+    /// Writes the gathered chunks in one blocking call, off the reactor.
+    async fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunks = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
+        let mut file = self.file.take().ok_or_else(|| Error::internal("writer already closed"))?;
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            for chunk in &chunks {
+                file.write_all(chunk)?;
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for FsWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= WRITE_BATCH {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, _sha256: &str) -> Result<()> {
+        self.flush_pending().await?;
+        let file = self.file.take().ok_or_else(|| Error::internal("writer already closed"))?;
+        let temp = self.temp.take().ok_or_else(|| Error::internal("writer already closed"))?;
+        let target = self.target.clone();
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.sync_all()?;
+            drop(file);
+            let dir = target.parent().expect("object path has a parent");
+            std::fs::create_dir_all(dir)?;
+            if let Err(e) = std::fs::rename(&temp, &target) {
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+        result.map_err(Error::from)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.remove_temp();
+    }
+}
+
+impl FsWriter {
+    fn remove_temp(&mut self) {
+        self.file.take();
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+impl Drop for FsWriter {
+    fn drop(&mut self) {
+        // A dropped, uncommitted writer (client gone, handler cancelled) leaves nothing behind.
+        self.remove_temp();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(mut s: ByteStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn staged_write_is_invisible_until_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStorage::open(dir.path()).await.unwrap();
+        fs.create_bucket("b1").await.unwrap();
+        let mut w = fs.writer("b1", "../a/b", None).await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        assert_eq!(fs.stat("b1", "../a/b").await.unwrap(), None);
+        w.commit("x").await.unwrap();
+        assert_eq!(fs.stat("b1", "../a/b").await.unwrap(), Some(11));
+        assert_eq!(collect(fs.read("b1", "../a/b").await.unwrap()).await, b"hello world");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStorage::open(dir.path()).await.unwrap();
+        let mut w = fs.writer("b1", "k", None).await.unwrap();
+        w.write(Bytes::from(vec![1u8; 10])).await.unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs.stat("b1", "k").await.unwrap(), None);
+    }
+}

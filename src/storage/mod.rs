@@ -1,0 +1,63 @@
+//! Object storage behind a site. The metadata store is the truth about what exists; storage only
+//! holds bytes. A write is staged by an [`ObjectWriter`] and becomes visible only on `commit`.
+
+pub mod fs;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::error::Result;
+
+/// A stream of object bytes. Errors abort the transfer.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+pub type DynStorage = Arc<dyn Storage>;
+
+/// One stored object as storage sees it (used by import and scrubbing).
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    /// SHA-256 (CCS encoding) when the backend keeps it alongside the bytes.
+    pub hash: Option<String>,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Prepares the backend for a bucket (idempotent).
+    async fn create_bucket(&self, bucket: &str) -> Result<()>;
+    /// Removes the backend's bucket (idempotent; the bucket is empty by then).
+    async fn delete_bucket(&self, bucket: &str) -> Result<()>;
+    /// Starts a staged write; nothing is visible until `commit`.
+    async fn writer(&self, bucket: &str, key: &str, size_hint: Option<u64>) -> Result<Box<dyn ObjectWriter>>;
+    /// Streams an object's bytes, or NotFound.
+    async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
+    /// Size of a stored object, None when absent.
+    async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>>;
+    /// Removes an object (absent is fine).
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+    /// Removes what a crash left behind (temporary files, unfinished uploads).
+    async fn sweep(&self) -> Result<usize>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Makes the bytes durable and visible under the object's key. `sha256` is the verified
+    /// hash, for backends that keep it with the object.
+    async fn commit(self: Box<Self>, sha256: &str) -> Result<()>;
+    /// Throws the staged bytes away. Dropping a writer without commit does the same.
+    async fn abort(self: Box<Self>);
+}
+
+/// Builds the configured backend.
+pub async fn open(config: &crate::config::Config) -> anyhow::Result<DynStorage> {
+    match config.storage.backend.as_str() {
+        "fs" => Ok(Arc::new(fs::FsStorage::open(&config.site.data_dir).await?)),
+        other => anyhow::bail!("storage backend {other:?} is not available in this build"),
+    }
+}
