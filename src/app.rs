@@ -36,7 +36,13 @@ impl AppState {
         std::fs::create_dir_all(&config.site.data_dir)?;
         let meta = MetaStore::open(&config.metadata_url()).await?;
         let storage = crate::storage::open(&config).await?;
-        let state = AppState(Arc::new(Inner { site_id: config.site.id.clone(), public_url, meta, storage, config }));
+        let state = AppState(Arc::new(Inner {
+            site_id: config.site.id.clone(),
+            public_url,
+            meta,
+            storage,
+            config,
+        }));
         state.recover().await?;
         for peer in &state.config.peers {
             let t = Topology {
@@ -58,7 +64,11 @@ impl AppState {
             self.storage.delete(bucket, name).await?;
         }
         if temporaries > 0 || !uploads.is_empty() {
-            tracing::info!(temporaries, uploads = uploads.len(), "removed what an interrupted run left behind");
+            tracing::info!(
+                temporaries,
+                uploads = uploads.len(),
+                "removed what an interrupted run left behind"
+            );
         }
         Ok(())
     }
@@ -73,7 +83,9 @@ impl AppState {
             .merge(crate::dataplane::accessor::routes())
             .merge(crate::control::admin::routes())
             .fallback(crate::http::common::no_route)
-            .layer(axum::middleware::from_fn(crate::http::common::common_protocol))
+            .layer(axum::middleware::from_fn(
+                crate::http::common::common_protocol,
+            ))
             .with_state(self.clone())
     }
 }

@@ -291,7 +291,10 @@ impl Config {
             "storage.backend must be \"fs\" or \"s3\", not {:?}",
             self.storage.backend
         );
-        anyhow::ensure!(self.replication.workers > 0, "replication.workers must be > 0");
+        anyhow::ensure!(
+            self.replication.workers > 0,
+            "replication.workers must be > 0"
+        );
         anyhow::ensure!(
             self.replication.max_attempts > 0,
             "replication.max_attempts must be > 0"
@@ -301,7 +304,11 @@ impl Config {
             "tls.cert_file and tls.key_file go together"
         );
         for peer in &self.peers {
-            anyhow::ensure!(peer.id != self.site.id, "peer id {:?} is this site's own id", peer.id);
+            anyhow::ensure!(
+                peer.id != self.site.id,
+                "peer id {:?} is this site's own id",
+                peer.id
+            );
         }
         Ok(())
     }
@@ -328,9 +335,12 @@ impl Config {
 
     /// Auth is on unless set explicitly, or the listener is a loopback address (development).
     pub fn auth_enabled(&self) -> bool {
-        self.auth
-            .enabled
-            .unwrap_or_else(|| !self.listen_addr().map(|a| a.ip().is_loopback()).unwrap_or(false))
+        self.auth.enabled.unwrap_or_else(|| {
+            !self
+                .listen_addr()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false)
+        })
     }
 }
 
@@ -349,7 +359,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::parse("[site]\nidd = \"x\"\n").unwrap_err().to_string();
+        let err = Config::parse("[site]\nidd = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("idd"), "{err}");
     }
 
@@ -363,7 +375,8 @@ mod tests {
     fn auth_on_for_public_listener() {
         let c = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
         assert!(c.auth_enabled());
-        let c = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n[auth]\nenabled = false\n").unwrap();
+        let c =
+            Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n[auth]\nenabled = false\n").unwrap();
         assert!(!c.auth_enabled());
     }
 }

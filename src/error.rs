@@ -46,7 +46,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, origin: Origin, message: impl Into<String>) -> Self {
-        Self { kind, origin, message: message.into() }
+        Self {
+            kind,
+            origin,
+            message: message.into(),
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, Origin::Client, m)
@@ -101,14 +105,22 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Internal | Kind::BadGateway | Kind::Unavailable | Kind::GatewayTimeout | Kind::TooManyRequests
+            Kind::Internal
+                | Kind::BadGateway
+                | Kind::Unavailable
+                | Kind::GatewayTimeout
+                | Kind::TooManyRequests
         )
     }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::new(Kind::Internal, Origin::Internal, format!("metadata store: {e}"))
+        Error::new(
+            Kind::Internal,
+            Origin::Internal,
+            format!("metadata store: {e}"),
+        )
     }
 }
 

@@ -26,7 +26,9 @@ pub fn decode(text: &str) -> Option<[u8; 32]> {
     if text.len() != ENCODED_LEN {
         return None;
     }
-    let bytes = base32hex_lower().decode(text.to_ascii_lowercase().as_bytes()).ok()?;
+    let bytes = base32hex_lower()
+        .decode(text.to_ascii_lowercase().as_bytes())
+        .ok()?;
     bytes.try_into().ok()
 }
 

@@ -23,7 +23,9 @@ pub use config::Config;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     http::metrics::handle();
     let listen = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let tls = http::tls::acceptor(&config.tls)?;
     let public_url = if config.site.public_url.is_empty() {

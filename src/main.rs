@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use mirrorgate::Config;
 
 #[derive(Parser)]
-#[command(name = "mirrorgate", version, about = "Multi-site object replication proxy")]
+#[command(
+    name = "mirrorgate",
+    version,
+    about = "Multi-site object replication proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,23 +30,28 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,hyper=warn".into()),
         )
         .init();
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(async {
-            match cli.command {
-                Command::Serve { config } => {
-                    let config = match config {
-                        Some(path) => Config::load(&path)?,
-                        None => Config::default(),
-                    };
-                    mirrorgate::run(config, shutdown_signal()).await
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Command::Serve { config } => {
+                        let config = match config {
+                            Some(path) => Config::load(&path)?,
+                            None => Config::default(),
+                        };
+                        mirrorgate::run(config, shutdown_signal()).await
+                    }
                 }
-            }
-        })
-    });
+            })
+        });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -59,7 +68,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

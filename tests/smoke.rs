@@ -8,7 +8,14 @@ async fn a_site_starts_serves_and_stops_cleanly() {
     assert_eq!(r.status(), 200);
     create_bucket(&site, "bucket-1").await;
     put_object(&site, "bucket-1", "a/b.txt", b"hello".to_vec()).await;
-    let body = client().get(site.url("/cloudclonestore/bucket-1/a/b.txt")).send().await.unwrap().bytes().await.unwrap();
+    let body = client()
+        .get(site.url("/cloudclonestore/bucket-1/a/b.txt"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"hello");
     assert!(site.terminate().success());
 }

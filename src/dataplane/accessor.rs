@@ -25,11 +25,18 @@ pub fn routes() -> Router<AppState> {
         .route("/cloudclonestore", get(list_buckets))
         .route(
             "/cloudclonestore/{bucket}",
-            get(get_bucket).head(head_bucket).post(create_bucket).delete(delete_bucket).put(list_objects),
+            get(get_bucket)
+                .head(head_bucket)
+                .post(create_bucket)
+                .delete(delete_bucket)
+                .put(list_objects),
         )
         .route(
             "/cloudclonestore/{bucket}/{*object}",
-            get(get_object).head(head_object).post(create_object).delete(delete_object),
+            get(get_object)
+                .head(head_object)
+                .post(create_object)
+                .delete(delete_object),
         )
 }
 
@@ -45,14 +52,23 @@ fn type_header(kind: &'static str) -> HeaderMap {
 /// A live bucket the client can see (READ right); anything else is 404 as CCS (410 when deleted).
 async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
     check_bucket(name)?;
-    let bucket = state.meta.get_bucket(name).await?.ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
-    if state.meta.rights(client, name).await? & rights::READ == 0 && bucket.status != Status::Deleted {
+    let bucket = state
+        .meta
+        .get_bucket(name)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
+    if state.meta.rights(client, name).await? & rights::READ == 0
+        && bucket.status != Status::Deleted
+    {
         return Err(Error::not_found(format!("bucket {name} not found")));
     }
     match bucket.status {
         Status::Deleted => Err(Error::gone(format!("bucket {name} is deleted"))),
         Status::Ready => Ok(bucket),
-        other => Err(Error::not_found(format!("bucket {name} is not available (status {})", other.as_str()))),
+        other => Err(Error::not_found(format!(
+            "bucket {name} is not available (status {})",
+            other.as_str()
+        ))),
     }
 }
 
@@ -61,20 +77,33 @@ async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<B
 async fn require(state: &AppState, client: &str, bucket: &str, right: i64) -> Result<Bucket> {
     let b = readable_bucket(state, client, bucket).await?;
     if state.meta.rights(client, bucket).await? & right == 0 {
-        return Err(Error::forbidden(format!("client {client} may not do that on bucket {bucket}")));
+        return Err(Error::forbidden(format!(
+            "client {client} may not do that on bucket {bucket}"
+        )));
     }
     Ok(b)
 }
 
-async fn list_buckets(State(state): State<AppState>, ClientId(client): ClientId) -> Result<Json<Vec<Bucket>>> {
+async fn list_buckets(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+) -> Result<Json<Vec<Bucket>>> {
     Ok(Json(state.meta.list_buckets(&client).await?))
 }
 
-async fn get_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Json<Bucket>> {
+async fn get_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(bucket): Path<String>,
+) -> Result<Json<Bucket>> {
     Ok(Json(readable_bucket(&state, &client, &bucket).await?))
 }
 
-async fn head_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Response> {
+async fn head_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(bucket): Path<String>,
+) -> Result<Response> {
     match readable_bucket(&state, &client, &bucket).await {
         Ok(_) => Ok(no_content(type_header("BUCKET"))),
         Err(e) if e.kind == crate::error::Kind::BadRequest => Err(e),
@@ -82,7 +111,11 @@ async fn head_bucket(State(state): State<AppState>, ClientId(client): ClientId, 
     }
 }
 
-async fn create_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(name): Path<String>) -> Result<Response> {
+async fn create_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(name): Path<String>,
+) -> Result<Response> {
     check_bucket(&name)?;
     let bucket = Bucket {
         id: name.clone(),
@@ -98,7 +131,11 @@ async fn create_bucket(State(state): State<AppState>, ClientId(client): ClientId
     Ok((StatusCode::CREATED, Json(bucket)).into_response())
 }
 
-async fn delete_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(name): Path<String>) -> Result<Response> {
+async fn delete_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(name): Path<String>,
+) -> Result<Response> {
     require(&state, &client, &name, rights::DELETE).await?;
     if state.meta.bucket_has_objects(&name).await? {
         return Err(Error::not_acceptable(format!("bucket {name} is not empty")));
@@ -122,17 +159,26 @@ async fn list_objects(
         let (state, bucket, filter) = (state.clone(), bucket.clone(), filter.clone());
         async move {
             let Some(after) = cursor else { return Ok(None) };
-            let page = state.meta.list_objects(&bucket, &filter, Some(&after), LIST_PAGE).await?;
-            let next = (page.len() as i64 == LIST_PAGE).then(|| page.last().map(|o| o.name.clone())).flatten();
+            let page = state
+                .meta
+                .list_objects(&bucket, &filter, Some(&after), LIST_PAGE)
+                .await?;
+            let next = (page.len() as i64 == LIST_PAGE)
+                .then(|| page.last().map(|o| o.name.clone()))
+                .flatten();
             Ok(Some((ndjson_page(&page, &filter), next)))
         }
     });
     let body: ByteStream = Box::pin(pages.try_filter(|b| futures::future::ready(!b.is_empty())));
     let zstd = wants_zstd(&req_headers);
     let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
     if zstd {
-        resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        resp.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
     }
     Ok(resp)
 }
@@ -140,7 +186,11 @@ async fn list_objects(
 fn ndjson_page(page: &[Object], filter: &ObjectFilter) -> Bytes {
     let mut out = Vec::new();
     for obj in page {
-        if filter.metadata_eq.iter().all(|(k, v)| obj.metadata.get(k) == Some(v)) {
+        if filter
+            .metadata_eq
+            .iter()
+            .all(|(k, v)| obj.metadata.get(k) == Some(v))
+        {
             let _ = serde_json::to_writer(&mut out, obj);
             out.push(b'\n');
         }
@@ -172,22 +222,39 @@ async fn create_object(
         metadata: upload.metadata,
     };
     let mut stream: ByteStream = Box::pin(
-        body.into_data_stream().map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
+        body.into_data_stream()
+            .map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
     );
     if upload.zstd {
         stream = super::stream::zstd_decode(stream);
     }
-    let stored = objects::store(&state, obj, stream, Expected { size: upload.size, hash: upload.hash }).await?;
+    let stored = objects::store(
+        &state,
+        obj,
+        stream,
+        Expected {
+            size: upload.size,
+            hash: upload.hash,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, object_headers(&stored), Json(stored)).into_response())
 }
 
 /// A READY object the client may read, or 404.
-async fn readable_object(state: &AppState, client: &str, bucket: &str, name: &str) -> Result<Object> {
+async fn readable_object(
+    state: &AppState,
+    client: &str,
+    bucket: &str,
+    name: &str,
+) -> Result<Object> {
     check_object(name)?;
     readable_bucket(state, client, bucket).await?;
     match state.meta.get_object(bucket, name).await? {
         Some(obj) if obj.status == Status::Ready => Ok(obj),
-        _ => Err(Error::not_found(format!("object {bucket}/{name} not found"))),
+        _ => Err(Error::not_found(format!(
+            "object {bucket}/{name} not found"
+        ))),
     }
 }
 
@@ -211,7 +278,10 @@ pub fn object_response(obj: &Object, body: ByteStream, zstd: bool) -> Response {
     let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
     let h = resp.headers_mut();
     h.extend(object_headers(obj));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if zstd {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
     } else {
@@ -241,14 +311,26 @@ async fn head_object(
 }
 
 /// OBJECT (with the object), DIRECTORY, or None.
-pub async fn object_type(state: &AppState, bucket: &str, name: &str) -> Result<Option<(&'static str, Option<Object>)>> {
+pub async fn object_type(
+    state: &AppState,
+    bucket: &str,
+    name: &str,
+) -> Result<Option<(&'static str, Option<Object>)>> {
     if let Some(obj) = state.meta.get_object(bucket, name).await? {
         if obj.status == Status::Ready {
             return Ok(Some(("OBJECT", Some(obj))));
         }
     }
-    let prefix = if name.ends_with('/') { name.to_owned() } else { format!("{name}/") };
-    Ok(state.meta.has_prefix(bucket, &prefix).await?.then_some(("DIRECTORY", None)))
+    let prefix = if name.ends_with('/') {
+        name.to_owned()
+    } else {
+        format!("{name}/")
+    };
+    Ok(state
+        .meta
+        .has_prefix(bucket, &prefix)
+        .await?
+        .then_some(("DIRECTORY", None)))
 }
 
 async fn delete_object(
@@ -265,14 +347,32 @@ async fn delete_object(
         .ok_or_else(|| Error::not_found(format!("object {bucket}/{name} not found")))?;
     match obj.status {
         Status::Ready | Status::ErrDel => {}
-        Status::Deleted => return Err(Error::gone(format!("object {bucket}/{name} is already deleted"))),
-        other => return Err(Error::conflict(format!("object {bucket}/{name} is {}, it cannot be deleted now", other.as_str()))),
+        Status::Deleted => {
+            return Err(Error::gone(format!(
+                "object {bucket}/{name} is already deleted"
+            )))
+        }
+        other => {
+            return Err(Error::conflict(format!(
+                "object {bucket}/{name} is {}, it cannot be deleted now",
+                other.as_str()
+            )))
+        }
     }
-    state.meta.set_object_status(&bucket, &name, Status::Deleting).await?;
+    state
+        .meta
+        .set_object_status(&bucket, &name, Status::Deleting)
+        .await?;
     if let Err(e) = state.storage.delete(&bucket, &name).await {
-        state.meta.set_object_status(&bucket, &name, Status::ErrDel).await?;
+        state
+            .meta
+            .set_object_status(&bucket, &name, Status::ErrDel)
+            .await?;
         return Err(e);
     }
-    state.meta.set_object_status(&bucket, &name, Status::Deleted).await?;
+    state
+        .meta
+        .set_object_status(&bucket, &name, Status::Deleted)
+        .await?;
     Ok(no_content(HeaderMap::new()))
 }

@@ -69,7 +69,10 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| Error::bad_request(format!("header {name} is not valid text")))?.trim();
+            let s = v
+                .to_str()
+                .map_err(|_| Error::bad_request(format!("header {name} is not valid text")))?
+                .trim();
             Ok((!s.is_empty()).then_some(s))
         }
     }
@@ -77,13 +80,23 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
 
 fn number(headers: &HeaderMap, name: &str) -> Result<Option<u64>> {
     text(headers, name)?
-        .map(|s| s.parse::<u64>().map_err(|_| Error::bad_request(format!("header {name}: {s:?} is not a non-negative integer"))))
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                Error::bad_request(format!(
+                    "header {name}: {s:?} is not a non-negative integer"
+                ))
+            })
+        })
         .transpose()
 }
 
 fn time(headers: &HeaderMap, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     text(headers, name)?
-        .map(|s| parse_time(s).ok_or_else(|| Error::bad_request(format!("header {name}: {s:?} is not an ISO-8601 date-time"))))
+        .map(|s| {
+            parse_time(s).ok_or_else(|| {
+                Error::bad_request(format!("header {name}: {s:?} is not an ISO-8601 date-time"))
+            })
+        })
         .transpose()
 }
 
@@ -98,8 +111,11 @@ pub struct UploadHeaders {
 }
 
 pub fn parse_metadata(s: &str) -> Result<BTreeMap<String, String>> {
-    let map: BTreeMap<String, String> = serde_json::from_str(s)
-        .map_err(|e| Error::bad_request(format!("header {METADATA}: not a JSON object of strings: {e}")))?;
+    let map: BTreeMap<String, String> = serde_json::from_str(s).map_err(|e| {
+        Error::bad_request(format!(
+            "header {METADATA}: not a JSON object of strings: {e}"
+        ))
+    })?;
     for key in map.keys() {
         names::check_metadata_key(key)?;
     }
@@ -108,16 +124,35 @@ pub fn parse_metadata(s: &str) -> Result<BTreeMap<String, String>> {
 
 pub fn parse_upload(headers: &HeaderMap) -> Result<UploadHeaders> {
     let hash = text(headers, HASH)?
-        .map(|h| hash::normalize(h).ok_or_else(|| Error::bad_request(format!("header {HASH}: not a SHA-256 in CCS encoding (52 base32hex characters)"))))
+        .map(|h| {
+            hash::normalize(h).ok_or_else(|| {
+                Error::bad_request(format!(
+                    "header {HASH}: not a SHA-256 in CCS encoding (52 base32hex characters)"
+                ))
+            })
+        })
         .transpose()?;
-    let metadata = text(headers, METADATA)?.map(parse_metadata).transpose()?.unwrap_or_default();
+    let metadata = text(headers, METADATA)?
+        .map(parse_metadata)
+        .transpose()?
+        .unwrap_or_default();
     let zstd = match text(headers, "content-encoding")? {
         None => false,
         Some(e) if e.eq_ignore_ascii_case("zstd") => true,
         Some(e) if e.eq_ignore_ascii_case("identity") => false,
-        Some(e) => return Err(Error::bad_request(format!("unsupported Content-Encoding {e:?}: use zstd or none"))),
+        Some(e) => {
+            return Err(Error::bad_request(format!(
+                "unsupported Content-Encoding {e:?}: use zstd or none"
+            )))
+        }
     };
-    Ok(UploadHeaders { size: number(headers, SIZE)?, hash, metadata, expires: time(headers, EXPIRES)?, zstd })
+    Ok(UploadHeaders {
+        size: number(headers, SIZE)?,
+        hash,
+        metadata,
+        expires: time(headers, EXPIRES)?,
+        zstd,
+    })
 }
 
 /// The listing filter headers of `PUT /cloudclonestore/{bucket}`.
@@ -126,13 +161,18 @@ pub fn parse_filter(headers: &HeaderMap) -> Result<ObjectFilter> {
         None => Vec::new(),
         Some(s) => {
             let names: Vec<String> = if s.starts_with('[') {
-                serde_json::from_str(s).map_err(|e| Error::bad_request(format!("header x-clonecloudstore-statuses: {e}")))?
+                serde_json::from_str(s).map_err(|e| {
+                    Error::bad_request(format!("header x-clonecloudstore-statuses: {e}"))
+                })?
             } else {
                 s.split(',').map(|p| p.trim().to_owned()).collect()
             };
             names
                 .iter()
-                .map(|n| Status::parse(n).ok_or_else(|| Error::bad_request(format!("unknown status {n:?}"))))
+                .map(|n| {
+                    Status::parse(n)
+                        .ok_or_else(|| Error::bad_request(format!("unknown status {n:?}")))
+                })
                 .collect::<Result<_>>()?
         }
     };
@@ -145,7 +185,10 @@ pub fn parse_filter(headers: &HeaderMap) -> Result<ObjectFilter> {
         expires_after: time(headers, "x-clonecloudstore-expiresafter")?,
         size_lt: number(headers, "x-clonecloudstore-sizelt")?,
         size_gt: number(headers, "x-clonecloudstore-sizegt")?,
-        metadata_eq: text(headers, "x-clonecloudstore-metadataeq")?.map(parse_metadata).transpose()?.unwrap_or_default(),
+        metadata_eq: text(headers, "x-clonecloudstore-metadataeq")?
+            .map(parse_metadata)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
@@ -179,7 +222,10 @@ mod tests {
     #[test]
     fn accept_encoding_parsing() {
         let mut h = HeaderMap::new();
-        h.insert("accept-encoding", HeaderValue::from_static("gzip, zstd;q=0.9"));
+        h.insert(
+            "accept-encoding",
+            HeaderValue::from_static("gzip, zstd;q=0.9"),
+        );
         assert!(wants_zstd(&h));
         h.insert("accept-encoding", HeaderValue::from_static("zstd;q=0"));
         assert!(!wants_zstd(&h));

@@ -3,5 +3,5 @@
 pub mod accessor;
 pub mod headers;
 pub mod names;
-pub mod stream;
 pub mod objects;
+pub mod stream;

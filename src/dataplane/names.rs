@@ -4,7 +4,10 @@
 use crate::error::{Error, Result};
 
 pub fn check_bucket(name: &str) -> Result<()> {
-    let ok = (3..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-');
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -16,7 +19,9 @@ pub fn check_bucket(name: &str) -> Result<()> {
 
 pub fn check_object(name: &str) -> Result<()> {
     let ok = (1..=1024).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'/' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -34,7 +39,9 @@ pub fn check_metadata_key(key: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::bad_request(format!("invalid metadata key {key:?}: letters, digits and '_', not starting with a digit")))
+        Err(Error::bad_request(format!(
+            "invalid metadata key {key:?}: letters, digits and '_', not starting with a digit"
+        )))
     }
 }
 

@@ -39,7 +39,11 @@ impl UploadGuard {
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
-            let (bucket, name, id) = (std::mem::take(&mut self.bucket), std::mem::take(&mut self.name), std::mem::take(&mut self.id));
+            let (bucket, name, id) = (
+                std::mem::take(&mut self.bucket),
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.id),
+            );
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     if let Err(e) = state.meta.cancel_upload(&bucket, &name, &id).await {
@@ -54,13 +58,27 @@ impl Drop for UploadGuard {
 /// Stores an object: registers it UPLOAD, streams the body to storage while hashing, checks
 /// size and hash against what the sender declared, commits the bytes, then marks it READY.
 /// Any failure (or the future being dropped) leaves neither bytes nor metadata behind.
-pub async fn store(state: &AppState, mut obj: Object, body: ByteStream, expected: Expected) -> Result<Object> {
+pub async fn store(
+    state: &AppState,
+    mut obj: Object,
+    body: ByteStream,
+    expected: Expected,
+) -> Result<Object> {
     obj.status = Status::Upload;
     state.meta.begin_upload(&obj).await?;
-    let guard = UploadGuard { state: Some(state.clone()), bucket: obj.bucket.clone(), name: obj.name.clone(), id: obj.id.clone() };
+    let guard = UploadGuard {
+        state: Some(state.clone()),
+        bucket: obj.bucket.clone(),
+        name: obj.name.clone(),
+        id: obj.id.clone(),
+    };
     let received = receive(state, &obj, body, &expected).await;
     let result = match received {
-        Ok((size, hash)) => state.meta.finish_upload(&obj.bucket, &obj.name, size, &hash).await.map(|_| (size, hash)),
+        Ok((size, hash)) => state
+            .meta
+            .finish_upload(&obj.bucket, &obj.name, size, &hash)
+            .await
+            .map(|_| (size, hash)),
         Err(e) => Err(e),
     };
     match result {
@@ -73,15 +91,26 @@ pub async fn store(state: &AppState, mut obj: Object, body: ByteStream, expected
         }
         Err(e) => {
             guard.disarm();
-            state.meta.cancel_upload(&obj.bucket, &obj.name, &obj.id).await?;
+            state
+                .meta
+                .cancel_upload(&obj.bucket, &obj.name, &obj.id)
+                .await?;
             Err(e)
         }
     }
 }
 
-async fn receive(state: &AppState, obj: &Object, mut body: ByteStream, expected: &Expected) -> Result<(u64, String)> {
+async fn receive(
+    state: &AppState,
+    obj: &Object,
+    mut body: ByteStream,
+    expected: &Expected,
+) -> Result<(u64, String)> {
     let started = Instant::now();
-    let mut writer = state.storage.writer(&obj.bucket, &obj.name, expected.size).await?;
+    let mut writer = state
+        .storage
+        .writer(&obj.bucket, &obj.name, expected.size)
+        .await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
@@ -89,7 +118,9 @@ async fn receive(state: &AppState, obj: &Object, mut body: ByteStream, expected:
         size += chunk.len() as u64;
         if let Some(limit) = expected.size {
             if size > limit {
-                return Err(Error::bad_request(format!("body is larger than the declared size {limit}")));
+                return Err(Error::bad_request(format!(
+                    "body is larger than the declared size {limit}"
+                )));
             }
         }
         hasher.update(&chunk);
@@ -98,18 +129,24 @@ async fn receive(state: &AppState, obj: &Object, mut body: ByteStream, expected:
     let actual = hash::encode(&hasher.finalize());
     if let Some(declared) = expected.size {
         if declared != size {
-            return Err(Error::bad_request(format!("size mismatch: declared {declared} bytes, received {size}")));
+            return Err(Error::bad_request(format!(
+                "size mismatch: declared {declared} bytes, received {size}"
+            )));
         }
     }
     if let Some(declared) = &expected.hash {
         if *declared != actual {
-            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "upload").increment(1);
-            return Err(Error::bad_request(format!("hash mismatch: declared {declared}, received bytes hash {actual}")));
+            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "upload")
+                .increment(1);
+            return Err(Error::bad_request(format!(
+                "hash mismatch: declared {declared}, received bytes hash {actual}"
+            )));
         }
     }
     writer.commit(&actual).await?;
     metrics::counter!("mirrorgate_bytes_in_total").increment(size);
-    metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "in").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "in")
+        .record(started.elapsed().as_secs_f64());
     Ok((size, actual))
 }
 
@@ -117,13 +154,21 @@ async fn receive(state: &AppState, obj: &Object, mut body: ByteStream, expected:
 /// stored bytes no longer match the recorded size and hash.
 pub async fn open_verified(state: &AppState, obj: &Object, op_id: &str) -> Result<ByteStream> {
     let raw = state.storage.read(&obj.bucket, &obj.name).await?;
-    let hash = obj.hash.clone().ok_or_else(|| Error::internal("READY object without a hash"))?;
+    let hash = obj
+        .hash
+        .clone()
+        .ok_or_else(|| Error::internal("READY object without a hash"))?;
     let (op_id, bucket, name) = (op_id.to_owned(), obj.bucket.clone(), obj.name.clone());
     let on_mismatch = Box::new(move |what: &str| {
         metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "storage").increment(1);
         tracing::error!(op_id = %op_id, bucket = %bucket, object = %name, "integrity failure, transfer aborted: {what}");
     });
-    Ok(Box::pin(Metered::new(Box::pin(Verify::new(raw, &hash, obj.size, on_mismatch)))))
+    Ok(Box::pin(Metered::new(Box::pin(Verify::new(
+        raw,
+        &hash,
+        obj.size,
+        on_mismatch,
+    )))))
 }
 
 /// Optionally compresses an outgoing stream.
@@ -144,13 +189,20 @@ pub struct Metered {
 
 impl Metered {
     pub fn new(inner: ByteStream) -> Self {
-        Self { inner, started: Instant::now(), bytes: 0 }
+        Self {
+            inner,
+            started: Instant::now(),
+            bytes: 0,
+        }
     }
 }
 
 impl futures::Stream for Metered {
     type Item = Result<Bytes>;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
         let polled = self.inner.poll_next_unpin(cx);
         if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
             self.bytes += chunk.len() as u64;
@@ -162,6 +214,7 @@ impl futures::Stream for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         metrics::counter!("mirrorgate_bytes_out_total").increment(self.bytes);
-        metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out").record(self.started.elapsed().as_secs_f64());
+        metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out")
+            .record(self.started.elapsed().as_secs_f64());
     }
 }

@@ -43,7 +43,12 @@ pub struct Verify {
 }
 
 impl Verify {
-    pub fn new(inner: ByteStream, expected_hash: &str, expected_size: u64, on_mismatch: OnMismatch) -> Self {
+    pub fn new(
+        inner: ByteStream,
+        expected_hash: &str,
+        expected_size: u64,
+        on_mismatch: OnMismatch,
+    ) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
@@ -69,11 +74,17 @@ impl Verify {
         self.done = true;
         let actual = hash::encode(&std::mem::take(&mut self.hasher).finalize());
         if self.seen != self.expected_size {
-            let what = format!("size mismatch: stored {} bytes, expected {}", self.seen, self.expected_size);
+            let what = format!(
+                "size mismatch: stored {} bytes, expected {}",
+                self.seen, self.expected_size
+            );
             return Some(Err(self.fail(what)));
         }
         if actual != self.expected_hash {
-            let what = format!("hash mismatch: stored bytes hash {actual}, expected {}", self.expected_hash);
+            let what = format!(
+                "hash mismatch: stored bytes hash {actual}, expected {}",
+                self.expected_hash
+            );
             return Some(Err(self.fail(what)));
         }
         self.held.take().map(Ok)
@@ -94,7 +105,10 @@ impl Stream for Verify {
                     self.hasher.update(&chunk);
                     self.seen += chunk.len() as u64;
                     if self.seen > self.expected_size {
-                        let what = format!("size mismatch: more than the expected {} bytes", self.expected_size);
+                        let what = format!(
+                            "size mismatch: more than the expected {} bytes",
+                            self.expected_size
+                        );
                         return Poll::Ready(Some(Err(self.fail(what))));
                     }
                     if let Some(previous) = self.held.replace(chunk) {
@@ -166,7 +180,11 @@ where
                 Err(e) => return fail(codec_error(e, encode)),
             }
         }
-        let finished = if encode { finish_encoder(&mut op, &emit) } else { finish_decoder(hint) };
+        let finished = if encode {
+            finish_encoder(&mut op, &emit)
+        } else {
+            finish_decoder(hint)
+        };
         if let Err(e) = finished {
             fail(codec_error(e, encode));
         }
@@ -176,14 +194,24 @@ where
 
 /// Feeds one input chunk through the codec, emitting full output buffers as they fill.
 /// Returns the codec's last hint, or None when the consumer has gone away.
-fn run_op<O: Operation>(op: &mut O, input: &[u8], emit: &impl Fn(Bytes) -> bool) -> std::io::Result<Option<usize>> {
+fn run_op<O: Operation>(
+    op: &mut O,
+    input: &[u8],
+    emit: &impl Fn(Bytes) -> bool,
+) -> std::io::Result<Option<usize>> {
     let mut src = InBuffer::around(input);
-    let mut hint;
+    let mut hint = 0;
     loop {
         let mut buf = vec![0u8; CODEC_CHUNK];
         let mut dst = OutBuffer::around(&mut buf);
-        hint = op.run(&mut src, &mut dst)?;
+        let consumed_before = src.pos();
+        let h = op.run(&mut src, &mut dst)?;
         let written = dst.pos();
+        // A call that made no progress (after a frame ended exactly at a buffer boundary)
+        // reports the next frame's header hint; keep the hint of the last real progress.
+        if written > 0 || src.pos() > consumed_before {
+            hint = h;
+        }
         let full = written == CODEC_CHUNK;
         if written > 0 {
             buf.truncate(written);
@@ -218,7 +246,10 @@ fn finish_encoder<O: Operation>(op: &mut O, emit: &impl Fn(Bytes) -> bool) -> st
 fn finish_decoder(last_hint: usize) -> std::io::Result<()> {
     // run_op drained every full output buffer already; a hint of 0 means the last frame ended.
     if last_hint != 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated zstd stream"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "truncated zstd stream",
+        ));
     }
     Ok(())
 }
@@ -273,7 +304,12 @@ mod tests {
     #[tokio::test]
     async fn verify_passes_good_bytes() {
         let data = sample(1_000_000);
-        let s = Verify::new(from_chunks(chunks(&data, 65536)), &hash::of(&data), data.len() as u64, Box::new(|_| panic!()));
+        let s = Verify::new(
+            from_chunks(chunks(&data, 65536)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(|_| panic!()),
+        );
         assert_eq!(collect(Box::pin(s)).await.unwrap(), data);
     }
 
@@ -305,7 +341,9 @@ mod tests {
     #[tokio::test]
     async fn zstd_round_trip_and_bounded_chunks() {
         let data = sample(3_000_000);
-        let compressed = collect(zstd_encode(from_chunks(chunks(&data, 262_144)))).await.unwrap();
+        let compressed = collect(zstd_encode(from_chunks(chunks(&data, 262_144))))
+            .await
+            .unwrap();
         assert!(compressed.len() < data.len());
         assert_eq!(zstd::decode_all(&compressed[..]).unwrap(), data);
         let mut out = zstd_decode(from_chunks(chunks(&compressed, 1000)));
@@ -337,8 +375,12 @@ mod tests {
     async fn truncated_or_garbage_zstd_is_an_error() {
         let compressed = zstd::encode_all(&sample(100_000)[..], 1).unwrap();
         let cut = compressed[..compressed.len() / 2].to_vec();
-        assert!(collect(zstd_decode(from_chunks(vec![Bytes::from(cut)]))).await.is_err());
+        assert!(collect(zstd_decode(from_chunks(vec![Bytes::from(cut)])))
+            .await
+            .is_err());
         let garbage = Bytes::from_static(b"this is not zstd at all");
-        assert!(collect(zstd_decode(from_chunks(vec![garbage]))).await.is_err());
+        assert!(collect(zstd_decode(from_chunks(vec![garbage])))
+            .await
+            .is_err());
     }
 }

@@ -27,7 +27,11 @@ pub struct OpId(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for OpId {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        Ok(parts.extensions.get::<OpId>().cloned().unwrap_or_else(|| OpId(uuid::Uuid::new_v4().to_string())))
+        Ok(parts
+            .extensions
+            .get::<OpId>()
+            .cloned()
+            .unwrap_or_else(|| OpId(uuid::Uuid::new_v4().to_string())))
     }
 }
 
@@ -38,9 +42,16 @@ pub struct ClientId(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for ClientId {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
-        match parts.headers.get(&CLIENT_ID).and_then(|v| v.to_str().ok()).map(str::trim) {
+        match parts
+            .headers
+            .get(&CLIENT_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+        {
             Some(id) if !id.is_empty() => Ok(ClientId(id.to_owned())),
-            _ => Err(Error::bad_request("missing header x-clonecloudstore-client-id")),
+            _ => Err(Error::bad_request(
+                "missing header x-clonecloudstore-client-id",
+            )),
         }
     }
 }
@@ -88,7 +99,8 @@ pub async fn common_protocol(mut req: Request, next: Next) -> Response {
     }
     metrics::counter!("mirrorgate_requests_total", "family" => family, "status" => status.as_u16().to_string())
         .increment(1);
-    metrics::histogram!("mirrorgate_request_duration_seconds", "family" => family).record(start.elapsed().as_secs_f64());
+    metrics::histogram!("mirrorgate_request_duration_seconds", "family" => family)
+        .record(start.elapsed().as_secs_f64());
     resp
 }
 
@@ -97,7 +109,13 @@ pub fn text_header(text: &str) -> HeaderValue {
     let clean: String = text
         .chars()
         .take(1024)
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("error"))
 }
@@ -120,7 +138,11 @@ impl IntoResponse for Error {
 
 /// Fallback for unknown routes.
 pub async fn no_route(req: Request) -> Error {
-    Error::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+    Error::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 /// 204 with the given headers.

@@ -11,7 +11,9 @@ pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0])
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0,
+                ])
                 .expect("static buckets")
                 .build_recorder();
             let handle = recorder.handle();
@@ -24,12 +26,30 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    metrics::describe_counter!("mirrorgate_requests_total", "Requests by route family and status");
-    metrics::describe_histogram!("mirrorgate_request_duration_seconds", "Time to response headers");
-    metrics::describe_counter!("mirrorgate_bytes_in_total", "Object bytes received from clients and peers");
-    metrics::describe_counter!("mirrorgate_bytes_out_total", "Object bytes sent to clients and peers");
-    metrics::describe_histogram!("mirrorgate_stream_duration_seconds", "Duration of object streams");
-    metrics::describe_counter!("mirrorgate_hash_mismatches_total", "Stored or received bytes whose SHA-256 did not match");
+    metrics::describe_counter!(
+        "mirrorgate_requests_total",
+        "Requests by route family and status"
+    );
+    metrics::describe_histogram!(
+        "mirrorgate_request_duration_seconds",
+        "Time to response headers"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_bytes_in_total",
+        "Object bytes received from clients and peers"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_bytes_out_total",
+        "Object bytes sent to clients and peers"
+    );
+    metrics::describe_histogram!(
+        "mirrorgate_stream_duration_seconds",
+        "Duration of object streams"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_hash_mismatches_total",
+        "Stored or received bytes whose SHA-256 did not match"
+    );
 }
 
 pub async fn render() -> String {

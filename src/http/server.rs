@@ -19,10 +19,20 @@ pub struct ServeOptions {
 
 /// Serves until `shutdown` resolves, then stops accepting and waits (up to the drain timeout)
 /// for in-flight requests and streams to finish.
-pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(options.max_header_bytes.max(8192)).timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().max_header_list_size(options.max_header_bytes as u32);
+    builder
+        .http1()
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(options.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -54,7 +64,12 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions, sh
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let tls = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => return tracing::info!(%peer, "TLS handshake refused: {e}"),
                         Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
@@ -69,7 +84,10 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions, sh
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }

@@ -19,13 +19,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let certs = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>()?;
-    anyhow::ensure!(!certs.is_empty(), "{}: no certificate found", path.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{}: no certificate found",
+        path.display()
+    );
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    rustls_pemfile::private_key(&mut &pem[..])?.ok_or_else(|| anyhow::anyhow!("{}: no private key found", path.display()))
+    rustls_pemfile::private_key(&mut &pem[..])?
+        .ok_or_else(|| anyhow::anyhow!("{}: no private key found", path.display()))
 }
 
 fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
@@ -41,10 +46,16 @@ pub fn acceptor(tls: &TlsConfig) -> anyhow::Result<Option<tokio_rustls::TlsAccep
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Ok(None);
     };
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = if tls.client_auth {
-        let ca = tls.ca_file.as_ref().context("tls.client_auth needs tls.ca_file")?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider()).build()?;
+        let ca = tls
+            .ca_file
+            .as_ref()
+            .context("tls.client_auth needs tls.ca_file")?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                .build()?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()

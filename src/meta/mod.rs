@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
@@ -33,14 +35,15 @@ pub struct ObjectFilter {
     pub metadata_eq: BTreeMap<String, String>,
 }
 
-const OBJECT_COLUMNS: &str = "bucket, name, id, site, hash, status, creation, expires, size, metadata";
+const OBJECT_COLUMNS: &str =
+    "bucket, name, id, site, hash, status, creation, expires, size, metadata";
 
 impl MetaStore {
     /// Opens (creating if needed) the store and applies migrations.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .ok_or_else(|| anyhow::anyhow!("metadata.url {url:?}: only sqlite:// is supported in this build"))?;
+        let path = url.strip_prefix("sqlite://").ok_or_else(|| {
+            anyhow::anyhow!("metadata.url {url:?}: only sqlite:// is supported in this build")
+        })?;
         if let Some(dir) = std::path::Path::new(path).parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -53,7 +56,10 @@ impl MetaStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -67,12 +73,16 @@ impl MetaStore {
     /// Creates a bucket owned by its creator. A DELETED bucket of that name may be re-created.
     pub async fn create_bucket(&self, bucket: &Bucket) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
-            .bind(&bucket.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
+                .bind(&bucket.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         if matches!(existing.as_deref(), Some(s) if s != Status::Deleted.as_str()) {
-            return Err(Error::conflict(format!("bucket {} already exists", bucket.name)));
+            return Err(Error::conflict(format!(
+                "bucket {} already exists",
+                bucket.name
+            )));
         }
         sqlx::query(
             "INSERT INTO buckets (name, id, client_id, site, creation, expires, status) VALUES ($1,$2,$3,$4,$5,$6,$7)
@@ -88,7 +98,10 @@ impl MetaStore {
         .bind(bucket.status.as_str())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM ownerships WHERE bucket = $1").bind(&bucket.name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM ownerships WHERE bucket = $1")
+            .bind(&bucket.name)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO ownerships (client_id, bucket, rights) VALUES ($1, $2, $3)")
             .bind(&bucket.client_id)
             .bind(&bucket.name)
@@ -143,9 +156,18 @@ impl MetaStore {
     /// Marks a bucket DELETED and forgets its deleted object rows and grants.
     pub async fn delete_bucket(&self, bucket: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE buckets SET status = 'DELETED' WHERE name = $1").bind(bucket).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM objects WHERE bucket = $1").bind(bucket).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM ownerships WHERE bucket = $1").bind(bucket).execute(&mut *tx).await?;
+        sqlx::query("UPDATE buckets SET status = 'DELETED' WHERE name = $1")
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM objects WHERE bucket = $1")
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM ownerships WHERE bucket = $1")
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -154,16 +176,24 @@ impl MetaStore {
 
     /// The client's rights on a bucket (0 when none).
     pub async fn rights(&self, client_id: &str, bucket: &str) -> Result<i64> {
-        let r: Option<i64> = sqlx::query_scalar("SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2")
-            .bind(client_id)
-            .bind(bucket)
-            .fetch_optional(&self.pool)
-            .await?;
+        let r: Option<i64> = sqlx::query_scalar(
+            "SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2",
+        )
+        .bind(client_id)
+        .bind(bucket)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(r.unwrap_or(0))
     }
 
     /// Sets (replaces) a grant. `add` ORs the rights into an existing grant instead.
-    pub async fn grant(&self, client_id: &str, bucket: &str, rights: i64, add: bool) -> Result<i64> {
+    pub async fn grant(
+        &self,
+        client_id: &str,
+        bucket: &str,
+        rights: i64,
+        add: bool,
+    ) -> Result<i64> {
         let sql = if add {
             "INSERT INTO ownerships (client_id, bucket, rights) VALUES ($1,$2,$3)
              ON CONFLICT (client_id, bucket) DO UPDATE SET rights = ownerships.rights | excluded.rights"
@@ -171,7 +201,12 @@ impl MetaStore {
             "INSERT INTO ownerships (client_id, bucket, rights) VALUES ($1,$2,$3)
              ON CONFLICT (client_id, bucket) DO UPDATE SET rights = excluded.rights"
         };
-        sqlx::query(sql).bind(client_id).bind(bucket).bind(rights).execute(&self.pool).await?;
+        sqlx::query(sql)
+            .bind(client_id)
+            .bind(bucket)
+            .bind(rights)
+            .execute(&self.pool)
+            .await?;
         self.rights(client_id, bucket).await
     }
 
@@ -197,21 +232,25 @@ impl MetaStore {
 
     /// (bucket, rights) granted to a client.
     pub async fn grants_of(&self, client_id: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT bucket, rights FROM ownerships WHERE client_id = $1 ORDER BY bucket")
-            .bind(client_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT bucket, rights FROM ownerships WHERE client_id = $1 ORDER BY bucket",
+        )
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     // ---- objects -------------------------------------------------------------------------
 
     pub async fn get_object(&self, bucket: &str, name: &str) -> Result<Option<Object>> {
-        let row = sqlx::query(&format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = $1 AND name = $2"))
-            .bind(bucket)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = $1 AND name = $2"
+        ))
+        .bind(bucket)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| object_from_row(&r)).transpose()
     }
 
@@ -219,17 +258,24 @@ impl MetaStore {
     /// progress is 406 as CCS; a DELETED or failed row is replaced.
     pub async fn begin_upload(&self, obj: &Object) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let existing: Option<String> = sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
-            .bind(&obj.bucket)
-            .bind(&obj.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
+                .bind(&obj.bucket)
+                .bind(&obj.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         match existing.as_deref().and_then(Status::parse) {
             Some(Status::Upload) => {
-                return Err(Error::not_acceptable(format!("object {}/{} is already being created", obj.bucket, obj.name)))
+                return Err(Error::not_acceptable(format!(
+                    "object {}/{} is already being created",
+                    obj.bucket, obj.name
+                )))
             }
             Some(Status::Ready | Status::Deleting) => {
-                return Err(Error::conflict(format!("object {}/{} already exists", obj.bucket, obj.name)))
+                return Err(Error::conflict(format!(
+                    "object {}/{} already exists",
+                    obj.bucket, obj.name
+                )))
             }
             _ => {}
         }
@@ -239,7 +285,13 @@ impl MetaStore {
     }
 
     /// Marks an upload READY with its verified size and hash.
-    pub async fn finish_upload(&self, bucket: &str, name: &str, size: u64, hash: &str) -> Result<()> {
+    pub async fn finish_upload(
+        &self,
+        bucket: &str,
+        name: &str,
+        size: u64,
+        hash: &str,
+    ) -> Result<()> {
         sqlx::query("UPDATE objects SET status = 'READY', size = $1, hash = $2 WHERE bucket = $3 AND name = $4 AND status = 'UPLOAD'")
             .bind(size as i64)
             .bind(hash)
@@ -252,12 +304,14 @@ impl MetaStore {
 
     /// Forgets an upload that did not finish (only while it is still UPLOAD).
     pub async fn cancel_upload(&self, bucket: &str, name: &str, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM objects WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'UPLOAD'")
-            .bind(bucket)
-            .bind(name)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "DELETE FROM objects WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'UPLOAD'",
+        )
+        .bind(bucket)
+        .bind(name)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -273,9 +327,10 @@ impl MetaStore {
 
     /// Removes and returns the uploads a crash interrupted.
     pub async fn sweep_uploads(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("DELETE FROM objects WHERE status = 'UPLOAD' RETURNING bucket, name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("DELETE FROM objects WHERE status = 'UPLOAD' RETURNING bucket, name")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -293,16 +348,31 @@ impl MetaStore {
     }
 
     /// One page of a bucket's objects, in name order, after `after`.
-    pub async fn list_objects(&self, bucket: &str, filter: &ObjectFilter, after: Option<&str>, limit: i64) -> Result<Vec<Object>> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = "));
+    pub async fn list_objects(
+        &self,
+        bucket: &str,
+        filter: &ObjectFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Object>> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = "
+        ));
         q.push_bind(bucket);
         if let Some(after) = after {
             q.push(" AND name > ").push_bind(after);
         }
         if let Some(prefix) = &filter.name_prefix {
-            q.push(" AND substr(name, 1, length(").push_bind(prefix).push(")) = ").push_bind(prefix);
+            q.push(" AND substr(name, 1, length(")
+                .push_bind(prefix)
+                .push(")) = ")
+                .push_bind(prefix);
         }
-        let statuses = if filter.statuses.is_empty() { vec![Status::Ready] } else { filter.statuses.clone() };
+        let statuses = if filter.statuses.is_empty() {
+            vec![Status::Ready]
+        } else {
+            filter.statuses.clone()
+        };
         q.push(" AND status IN (");
         let mut sep = q.separated(", ");
         for s in &statuses {
@@ -361,7 +431,9 @@ impl MetaStore {
     }
 
     pub async fn list_topologies(&self, status: Option<TopologyStatus>) -> Result<Vec<Topology>> {
-        let rows = sqlx::query("SELECT id, name, uri, status FROM topologies ORDER BY id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, name, uri, status FROM topologies ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(topology_from_row)
@@ -372,7 +444,8 @@ impl MetaStore {
 
 fn push_time(q: &mut QueryBuilder<Sqlite>, column: &str, op: &str, t: Option<DateTime<Utc>>) {
     if let Some(t) = t {
-        q.push(format!(" AND {column} {op} ")).push_bind(t.timestamp_millis());
+        q.push(format!(" AND {column} {op} "))
+            .push_bind(t.timestamp_millis());
     }
 }
 
@@ -423,7 +496,8 @@ fn object_from_row(r: &SqliteRow) -> Result<Object> {
         creation: model::from_millis(r.get("creation")),
         expires: r.get::<Option<i64>, _>("expires").map(model::from_millis),
         size: r.get::<i64, _>("size") as u64,
-        metadata: serde_json::from_str(&metadata).map_err(|e| Error::internal(format!("stored metadata: {e}")))?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| Error::internal(format!("stored metadata: {e}")))?,
     })
 }
 

@@ -63,7 +63,12 @@ impl Storage for FsStorage {
         }
     }
 
-    async fn writer(&self, bucket: &str, key: &str, _size_hint: Option<u64>) -> Result<Box<dyn ObjectWriter>> {
+    async fn writer(
+        &self,
+        bucket: &str,
+        key: &str,
+        _size_hint: Option<u64>,
+    ) -> Result<Box<dyn ObjectWriter>> {
         let temp = self.tmp.join(uuid::Uuid::new_v4().to_string());
         let file = tokio::task::spawn_blocking({
             let temp = temp.clone();
@@ -84,7 +89,9 @@ impl Storage for FsStorage {
         let file = match tokio::fs::File::open(self.path(bucket, key)).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::storage(format!("object {bucket}/{key} missing from storage")))
+                return Err(Error::storage(format!(
+                    "object {bucket}/{key} missing from storage"
+                )))
             }
             Err(e) => return Err(e.into()),
         };
@@ -134,7 +141,10 @@ impl FsWriter {
         }
         let chunks = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let mut file = self.file.take().ok_or_else(|| Error::internal("writer already closed"))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::internal("writer already closed"))?;
         let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             for chunk in &chunks {
                 file.write_all(chunk)?;
@@ -161,8 +171,14 @@ impl ObjectWriter for FsWriter {
 
     async fn commit(mut self: Box<Self>, _sha256: &str) -> Result<()> {
         self.flush_pending().await?;
-        let file = self.file.take().ok_or_else(|| Error::internal("writer already closed"))?;
-        let temp = self.temp.take().ok_or_else(|| Error::internal("writer already closed"))?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::internal("writer already closed"))?;
+        let temp = self
+            .temp
+            .take()
+            .ok_or_else(|| Error::internal("writer already closed"))?;
         let target = self.target.clone();
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             file.sync_all()?;
@@ -224,8 +240,14 @@ mod tests {
         assert_eq!(fs.stat("b1", "../a/b").await.unwrap(), None);
         w.commit("x").await.unwrap();
         assert_eq!(fs.stat("b1", "../a/b").await.unwrap(), Some(11));
-        assert_eq!(collect(fs.read("b1", "../a/b").await.unwrap()).await, b"hello world");
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            collect(fs.read("b1", "../a/b").await.unwrap()).await,
+            b"hello world"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[tokio::test]
@@ -235,7 +257,10 @@ mod tests {
         let mut w = fs.writer("b1", "k", None).await.unwrap();
         w.write(Bytes::from(vec![1u8; 10])).await.unwrap();
         drop(w);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         assert_eq!(fs.stat("b1", "k").await.unwrap(), None);
     }
 }

@@ -33,7 +33,12 @@ pub trait Storage: Send + Sync {
     /// Removes the backend's bucket (idempotent; the bucket is empty by then).
     async fn delete_bucket(&self, bucket: &str) -> Result<()>;
     /// Starts a staged write; nothing is visible until `commit`.
-    async fn writer(&self, bucket: &str, key: &str, size_hint: Option<u64>) -> Result<Box<dyn ObjectWriter>>;
+    async fn writer(
+        &self,
+        bucket: &str,
+        key: &str,
+        size_hint: Option<u64>,
+    ) -> Result<Box<dyn ObjectWriter>>;
     /// Streams an object's bytes, or NotFound.
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
     /// Size of a stored object, None when absent.

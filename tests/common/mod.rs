@@ -50,7 +50,10 @@ impl Site {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -63,7 +66,11 @@ impl Site {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(pos) = line.find("listening on ") {
-                    let addr = line[pos + 13..].split_whitespace().next().unwrap_or("").to_string();
+                    let addr = line[pos + 13..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -80,7 +87,11 @@ impl Site {
                 panic!("site {id} did not start:\n{}", log.lock().unwrap());
             }
         };
-        let scheme = if config.contains("cert_file") { "https" } else { "http" };
+        let scheme = if config.contains("cert_file") {
+            "https"
+        } else {
+            "http"
+        };
         Site {
             id: id.to_string(),
             url: format!("{scheme}://{addr}"),
@@ -142,7 +153,12 @@ impl Site {
 
     /// Value of a Prometheus series (sum over lines starting with `prefix`).
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -157,13 +173,20 @@ impl Drop for Site {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -180,7 +203,10 @@ pub fn client() -> reqwest::Client {
 pub fn client_as(id: &str) -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();
     h.insert("x-clonecloudstore-client-id", id.parse().unwrap());
-    reqwest::Client::builder().default_headers(h).build().unwrap()
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 /// Polls `f` until it returns Some or the deadline passes.
@@ -206,7 +232,9 @@ pub fn ccs_hash(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes.
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         x ^= x << 13;
@@ -225,13 +253,27 @@ pub fn object_file(site: &Site, bucket: &str, key: &str) -> PathBuf {
 
 /// Creates a bucket as `CLIENT`, asserting 201.
 pub async fn create_bucket(site: &Site, bucket: &str) {
-    let r = client().post(site.url(&format!("/cloudclonestore/{bucket}"))).send().await.unwrap();
-    assert_eq!(r.status(), 201, "create bucket {bucket}: {:?}", r.text().await);
+    let r = client()
+        .post(site.url(&format!("/cloudclonestore/{bucket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "create bucket {bucket}: {:?}",
+        r.text().await
+    );
 }
 
 /// Uploads an object as `CLIENT`, asserting 201.
 pub async fn put_object(site: &Site, bucket: &str, key: &str, body: Vec<u8>) {
-    let r = client().post(site.url(&format!("/cloudclonestore/{bucket}/{key}"))).body(body).send().await.unwrap();
+    let r = client()
+        .post(site.url(&format!("/cloudclonestore/{bucket}/{key}")))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "put {bucket}/{key}: {:?}", r.text().await);
 }
 
