@@ -3,6 +3,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
@@ -10,6 +11,7 @@ use axum::Router;
 use crate::config::Config;
 use crate::meta::{MetaStore, Topology, TopologyStatus};
 use crate::storage::DynStorage;
+use crate::topology::TopologyService;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -21,6 +23,7 @@ pub struct Inner {
     pub public_url: String,
     pub meta: MetaStore,
     pub storage: DynStorage,
+    pub topology: TopologyService,
 }
 
 impl Deref for AppState {
@@ -36,11 +39,15 @@ impl AppState {
         std::fs::create_dir_all(&config.site.data_dir)?;
         let meta = MetaStore::open(&config.metadata_url()).await?;
         let storage = crate::storage::open(&config).await?;
+        let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
+        let client = crate::http::tls::peer_client(&config.tls, connect_timeout)?;
+        let topology = TopologyService::new(config.site.id.clone(), config.topology.clone(), meta.clone(), client);
         let state = AppState(Arc::new(Inner {
             site_id: config.site.id.clone(),
             public_url,
             meta,
             storage,
+            topology,
             config,
         }));
         state.recover().await?;
@@ -74,13 +81,16 @@ impl AppState {
     }
 
     /// Called when the administration API changes the topology.
-    pub fn topology_changed(&self) {}
+    pub fn topology_changed(&self) {
+        self.topology.peers_changed();
+    }
 
     pub fn router(&self) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", get(crate::http::metrics::render))
             .merge(crate::dataplane::accessor::routes())
+            .merge(crate::dataplane::replicator::routes())
             .merge(crate::control::admin::routes())
             .fallback(crate::http::common::no_route)
             .layer(axum::middleware::from_fn(

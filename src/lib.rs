@@ -11,6 +11,7 @@ pub mod hash;
 pub mod http;
 pub mod meta;
 pub mod storage;
+pub mod topology;
 
 use std::future::Future;
 use std::time::Duration;

@@ -14,8 +14,9 @@ use super::headers::{self, object_headers, wants_json, wants_zstd};
 use super::names::{check_bucket, check_object};
 use super::objects::{self, encode_for_client, Expected};
 use crate::app::AppState;
-use crate::error::{Error, Result};
-use crate::http::common::{no_content, ClientId, OpId, TYPE};
+use crate::error::{Error, Kind, Result};
+use crate::http::common::{no_content, ClientId, OpId, TARGET_ID, TYPE};
+use crate::topology::{Caller, Target};
 use crate::meta::model::rights;
 use crate::meta::{Bucket, Object, ObjectFilter, Status};
 use crate::storage::ByteStream;
@@ -43,25 +44,20 @@ pub fn routes() -> Router<AppState> {
 /// Objects per metadata page when streaming a listing.
 const LIST_PAGE: i64 = 1000;
 
-fn type_header(kind: &'static str) -> HeaderMap {
+pub(crate) fn type_header(kind: &'static str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(TYPE, HeaderValue::from_static(kind));
     h
 }
 
-/// A live bucket the client can see (READ right); anything else is 404 as CCS (410 when deleted).
-async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
+/// A live bucket: 404 when absent, 410 when deleted.
+async fn live_bucket(state: &AppState, name: &str) -> Result<Bucket> {
     check_bucket(name)?;
     let bucket = state
         .meta
         .get_bucket(name)
         .await?
         .ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
-    if state.meta.rights(client, name).await? & rights::READ == 0
-        && bucket.status != Status::Deleted
-    {
-        return Err(Error::not_found(format!("bucket {name} not found")));
-    }
     match bucket.status {
         Status::Deleted => Err(Error::gone(format!("bucket {name} is deleted"))),
         Status::Ready => Ok(bucket),
@@ -72,10 +68,20 @@ async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<B
     }
 }
 
-/// Requires `right` on a bucket: without READ the bucket does not exist for the client (404),
-/// with READ but without `right` it is 403.
+/// A live bucket the client can read. Without READ the bucket does not exist for the client:
+/// 404, as CCS answers reads.
+async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
+    let bucket = live_bucket(state, name).await?;
+    if state.meta.rights(client, name).await? & rights::READ == 0 {
+        return Err(Error::not_found(format!("bucket {name} not found")));
+    }
+    Ok(bucket)
+}
+
+/// A live bucket on which the client holds `right`, else 403 (CCS answers 404 only to reads,
+/// so a WRITE-only client can write and a READ-only one is told it may not).
 async fn require(state: &AppState, client: &str, bucket: &str, right: i64) -> Result<Bucket> {
-    let b = readable_bucket(state, client, bucket).await?;
+    let b = live_bucket(state, bucket).await?;
     if state.meta.rights(client, bucket).await? & right == 0 {
         return Err(Error::forbidden(format!(
             "client {client} may not do that on bucket {bucket}"
@@ -128,6 +134,7 @@ async fn create_bucket(
     };
     state.storage.create_bucket(&name).await?;
     state.meta.create_bucket(&bucket).await?;
+    state.topology.invalidate(&name, None);
     Ok((StatusCode::CREATED, Json(bucket)).into_response())
 }
 
@@ -146,14 +153,14 @@ async fn delete_bucket(
 }
 
 /// `PUT /cloudclonestore/{bucket}`: the bucket's objects as an NDJSON stream, read from the
-/// metadata store page by page.
+/// metadata store page by page. Without READ it is 403, as CCS.
 async fn list_objects(
     State(state): State<AppState>,
     ClientId(client): ClientId,
     Path(bucket): Path<String>,
     req_headers: HeaderMap,
 ) -> Result<Response> {
-    readable_bucket(&state, &client, &bucket).await?;
+    require(&state, &client, &bucket, rights::READ).await?;
     let filter = headers::parse_filter(&req_headers)?;
     let pages = futures::stream::try_unfold(Some(String::new()), move |cursor| {
         let (state, bucket, filter) = (state.clone(), bucket.clone(), filter.clone());
@@ -242,7 +249,7 @@ async fn create_object(
 }
 
 /// A READY object the client may read, or 404.
-async fn readable_object(
+pub(crate) async fn readable_object(
     state: &AppState,
     client: &str,
     bucket: &str,
@@ -265,12 +272,29 @@ async fn get_object(
     Path((bucket, name)): Path<(String, String)>,
     req_headers: HeaderMap,
 ) -> Result<Response> {
-    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    let obj = match readable_object(&state, &client, &bucket, &name).await {
+        Ok(obj) => obj,
+        Err(e) if e.kind == Kind::NotFound && may_read_remotely(&state, &client, &bucket).await? => {
+            let target = Target { bucket, object: Some(name) };
+            let caller = Caller { client_id: &client, op_id: &op_id };
+            return super::replicator::fetch_through(&state, &target, &caller, None, &req_headers).await;
+        }
+        Err(e) => return Err(e),
+    };
     if wants_json(&req_headers) {
         return Ok((object_headers(&obj), Json(obj)).into_response());
     }
     let body = objects::open_verified(&state, &obj, &op_id).await?;
     Ok(object_response(&obj, body, wants_zstd(&req_headers)))
+}
+
+/// Whether a read that missed here may be served by another site (CCS `remote.read`): yes when
+/// this site does not know the bucket, or knows it and the client may read it.
+async fn may_read_remotely(state: &AppState, client: &str, bucket: &str) -> Result<bool> {
+    Ok(match state.meta.get_bucket(bucket).await? {
+        None => true,
+        Some(b) => b.status == Status::Ready && state.meta.rights(client, bucket).await? & rights::READ != 0,
+    })
 }
 
 /// A 200 carrying an object's bytes and every object header.
@@ -293,19 +317,34 @@ pub fn object_response(obj: &Object, body: ByteStream, zstd: bool) -> Response {
 async fn head_object(
     State(state): State<AppState>,
     ClientId(client): ClientId,
+    OpId(op_id): OpId,
     Path((bucket, name)): Path<(String, String)>,
 ) -> Result<Response> {
     check_object(&name)?;
-    if readable_bucket(&state, &client, &bucket).await.is_err() {
-        return Ok((StatusCode::NOT_FOUND, type_header("NONE")).into_response());
-    }
-    Ok(match object_type(&state, &bucket, &name).await? {
+    let local = match readable_bucket(&state, &client, &bucket).await {
+        Ok(_) => object_type(&state, &bucket, &name).await?,
+        Err(_) => None,
+    };
+    Ok(match local {
         Some((kind, Some(obj))) => {
             let mut h = object_headers(&obj);
             h.extend(type_header(kind));
             no_content(h)
         }
         Some((kind, None)) => no_content(type_header(kind)),
+        None if may_read_remotely(&state, &client, &bucket).await? => {
+            let target = Target { bucket, object: Some(name) };
+            let caller = Caller { client_id: &client, op_id: &op_id };
+            match state.topology.locate(&target, &caller, None).await? {
+                Some(found) => {
+                    let kind = if found.kind == "DIRECTORY" { "DIRECTORY" } else { "OBJECT" };
+                    let mut h = type_header(kind);
+                    h.insert(TARGET_ID, HeaderValue::from_str(&found.site.id).map_err(|e| Error::internal(e.to_string()))?);
+                    no_content(h)
+                }
+                None => (StatusCode::NOT_FOUND, type_header("NONE")).into_response(),
+            }
+        }
         None => (StatusCode::NOT_FOUND, type_header("NONE")).into_response(),
     })
 }
@@ -374,5 +413,6 @@ async fn delete_object(
         .meta
         .set_object_status(&bucket, &name, Status::Deleted)
         .await?;
+    state.topology.invalidate(&bucket, Some(&name));
     Ok(no_content(HeaderMap::new()))
 }

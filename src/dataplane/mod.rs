@@ -4,4 +4,5 @@ pub mod accessor;
 pub mod headers;
 pub mod names;
 pub mod objects;
+pub mod replicator;
 pub mod stream;

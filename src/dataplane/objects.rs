@@ -84,6 +84,7 @@ pub async fn store(
     match result {
         Ok((size, hash)) => {
             guard.disarm();
+            state.topology.invalidate(&obj.bucket, Some(&obj.name));
             obj.size = size;
             obj.hash = Some(hash);
             obj.status = Status::Ready;

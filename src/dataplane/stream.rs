@@ -30,10 +30,13 @@ pub const ZSTD_LEVEL: i32 = 1;
 pub type OnMismatch = Box<dyn FnOnce(&str) + Send>;
 
 /// Forwards a stream while hashing it; the final chunk is released only if size and SHA-256
-/// match what the metadata says.
+/// match what the metadata says. In compressed mode the stream is zstd and passes through as
+/// is, while a decompressed copy of each chunk is hashed (size and hash describe the
+/// uncompressed bytes).
 pub struct Verify {
     inner: ByteStream,
     hasher: Sha256,
+    decoder: Option<(Decoder<'static>, Vec<u8>)>,
     held: Option<Bytes>,
     seen: u64,
     expected_hash: String,
@@ -43,21 +46,45 @@ pub struct Verify {
 }
 
 impl Verify {
-    pub fn new(
-        inner: ByteStream,
-        expected_hash: &str,
-        expected_size: u64,
-        on_mismatch: OnMismatch,
-    ) -> Self {
+    pub fn new(inner: ByteStream, expected_hash: &str, expected_size: u64, on_mismatch: OnMismatch) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
+            decoder: None,
             held: None,
             seen: 0,
             expected_hash: expected_hash.to_owned(),
             expected_size,
             on_mismatch: Some(on_mismatch),
             done: false,
+        }
+    }
+
+    /// Verifies a zstd stream that is forwarded compressed.
+    pub fn compressed(inner: ByteStream, expected_hash: &str, expected_size: u64, on_mismatch: OnMismatch) -> Result<Self> {
+        let decoder = Decoder::new().map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        let mut v = Self::new(inner, expected_hash, expected_size, on_mismatch);
+        v.decoder = Some((decoder, vec![0u8; CODEC_CHUNK]));
+        Ok(v)
+    }
+
+    /// Hashes a chunk (its decompressed form in compressed mode).
+    fn absorb(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let Some((decoder, scratch)) = &mut self.decoder else {
+            self.hasher.update(chunk);
+            self.seen += chunk.len() as u64;
+            return Ok(());
+        };
+        let mut src = InBuffer::around(chunk);
+        loop {
+            let mut dst = OutBuffer::around(&mut scratch[..]);
+            decoder.run(&mut src, &mut dst)?;
+            let n = dst.pos();
+            self.hasher.update(&scratch[..n]);
+            self.seen += n as u64;
+            if src.pos() >= chunk.len() && n < scratch.len() {
+                return Ok(());
+            }
         }
     }
 
@@ -74,17 +101,11 @@ impl Verify {
         self.done = true;
         let actual = hash::encode(&std::mem::take(&mut self.hasher).finalize());
         if self.seen != self.expected_size {
-            let what = format!(
-                "size mismatch: stored {} bytes, expected {}",
-                self.seen, self.expected_size
-            );
+            let what = format!("size mismatch: {} bytes, expected {}", self.seen, self.expected_size);
             return Some(Err(self.fail(what)));
         }
         if actual != self.expected_hash {
-            let what = format!(
-                "hash mismatch: stored bytes hash {actual}, expected {}",
-                self.expected_hash
-            );
+            let what = format!("hash mismatch: bytes hash {actual}, expected {}", self.expected_hash);
             return Some(Err(self.fail(what)));
         }
         self.held.take().map(Ok)
@@ -102,8 +123,9 @@ impl Stream for Verify {
             match self.inner.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    self.hasher.update(&chunk);
-                    self.seen += chunk.len() as u64;
+                    if let Err(e) = self.absorb(&chunk) {
+                        return Poll::Ready(Some(Err(self.fail(format!("corrupt zstd stream: {e}")))));
+                    }
                     if self.seen > self.expected_size {
                         let what = format!(
                             "size mismatch: more than the expected {} bytes",
@@ -336,6 +358,19 @@ mod tests {
         assert!(failed);
         assert!(delivered < data.len(), "never a complete-looking body");
         assert!(rx.recv().unwrap().contains("hash mismatch"));
+    }
+
+    #[tokio::test]
+    async fn verify_compressed_checks_the_uncompressed_bytes() {
+        let data = sample(2_000_000);
+        let compressed = zstd::encode_all(&data[..], 1).unwrap();
+        let good = Verify::compressed(from_chunks(chunks(&compressed, 70_000)), &hash::of(&data), data.len() as u64, Box::new(|_| panic!()))
+            .unwrap();
+        assert_eq!(collect(Box::pin(good)).await.unwrap(), compressed);
+        let other = sample(2_000_001);
+        let bad = Verify::compressed(from_chunks(chunks(&compressed, 70_000)), &hash::of(&other), other.len() as u64, Box::new(|_| {}))
+            .unwrap();
+        assert!(collect(Box::pin(bad)).await.is_err());
     }
 
     #[tokio::test]

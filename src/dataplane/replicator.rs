@@ -1,0 +1,294 @@
+//! CCS replicator routes. `/replicator/remote/...` answers from this site's own store;
+//! `/replicator/local/...` finds the object through the topology and streams it from the site
+//! that holds it, verifying size and SHA-256 on the way.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use super::accessor::{object_response, object_type, readable_bucket, readable_object, type_header};
+use super::headers::{wants_json, wants_zstd, HASH, SIZE};
+use super::objects;
+use super::stream::Verify;
+use crate::app::AppState;
+use crate::error::{Error, Kind, Result};
+use crate::http::common::{no_content, ClientId, OpId, CLIENT_ID, OP_ID, TARGET_ID};
+use crate::meta::Bucket;
+use crate::storage::ByteStream;
+use crate::topology::{Caller, Located, Target};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/replicator/remote/buckets/{bucket}", get(remote_get_bucket).head(remote_head_bucket))
+        .route("/replicator/remote/buckets/{bucket}/{*object}", get(remote_get_object).head(remote_head_object))
+        .route("/replicator/local/buckets/{bucket}", get(local_get_bucket).head(local_head_bucket))
+        .route("/replicator/local/buckets/{bucket}/{*object}", get(local_get_object).head(local_head_object))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CheckQuery {
+    #[serde(default)]
+    full_check: bool,
+}
+
+fn not_found_none() -> Response {
+    (StatusCode::NOT_FOUND, type_header("NONE")).into_response()
+}
+
+// ---- remote: this site's own store -------------------------------------------------------
+
+async fn remote_get_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Json<Bucket>> {
+    Ok(Json(readable_bucket(&state, &client, &bucket).await?))
+}
+
+async fn remote_head_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Response> {
+    Ok(match readable_bucket(&state, &client, &bucket).await {
+        Ok(_) => no_content(type_header("BUCKET")),
+        Err(e) if e.kind == Kind::BadRequest => return Err(e),
+        Err(_) => not_found_none(),
+    })
+}
+
+async fn remote_get_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    if wants_json(&req_headers) {
+        return Ok((super::headers::object_headers(&obj), Json(obj)).into_response());
+    }
+    let body = objects::open_verified(&state, &obj, &op_id).await?;
+    Ok(object_response(&obj, body, wants_zstd(&req_headers)))
+}
+
+async fn remote_head_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Query(q): Query<CheckQuery>,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    super::names::check_object(&name)?;
+    if readable_bucket(&state, &client, &bucket).await.is_err() {
+        return Ok(not_found_none());
+    }
+    match object_type(&state, &bucket, &name).await? {
+        Some((kind, Some(obj))) => {
+            // fullCheck: the bytes must be in storage too, with the recorded size.
+            if q.full_check && state.storage.stat(&bucket, &name).await? != Some(obj.size) {
+                return Ok(not_found_none());
+            }
+            let mut h = super::headers::object_headers(&obj);
+            h.extend(type_header(kind));
+            Ok(no_content(h))
+        }
+        Some((kind, None)) => Ok(no_content(type_header(kind))),
+        None => Ok(not_found_none()),
+    }
+}
+
+// ---- local: through the topology ---------------------------------------------------------
+
+fn pinned(headers: &HeaderMap) -> Option<String> {
+    headers.get(&TARGET_ID).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn with_target(mut resp: Response, site: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(site) {
+        resp.headers_mut().insert(TARGET_ID, v);
+    }
+    resp
+}
+
+async fn local_head_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path(bucket): Path<String>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    super::names::check_bucket(&bucket)?;
+    let target = Target { bucket, object: None };
+    head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
+}
+
+async fn local_head_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    super::names::check_bucket(&bucket)?;
+    super::names::check_object(&name)?;
+    let target = Target { bucket, object: Some(name) };
+    head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
+}
+
+async fn head_through(state: &AppState, target: &Target, client: &str, op_id: &str, pinned: Option<String>) -> Result<Response> {
+    let caller = Caller { client_id: client, op_id };
+    match state.topology.locate(target, &caller, pinned.as_deref()).await? {
+        Some(Located { site, kind }) => {
+            let kind: &'static str = match kind.as_str() {
+                "OBJECT" => "OBJECT",
+                "DIRECTORY" => "DIRECTORY",
+                _ => "BUCKET",
+            };
+            Ok(with_target(no_content(type_header(kind)), &site.id))
+        }
+        None => Ok(not_found_none()),
+    }
+}
+
+async fn local_get_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path(bucket): Path<String>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    super::names::check_bucket(&bucket)?;
+    let target = Target { bucket, object: None };
+    fetch_through(&state, &target, &Caller { client_id: &client, op_id: &op_id }, pinned(&req_headers), &req_headers).await
+}
+
+async fn local_get_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    super::names::check_bucket(&bucket)?;
+    super::names::check_object(&name)?;
+    let target = Target { bucket, object: Some(name) };
+    fetch_through(&state, &target, &Caller { client_id: &client, op_id: &op_id }, pinned(&req_headers), &req_headers).await
+}
+
+/// Locates the target and streams it from the site holding it. A cached location that turns
+/// out stale is dropped and the lookup done once more.
+pub async fn fetch_through(
+    state: &AppState,
+    target: &Target,
+    caller: &Caller<'_>,
+    pinned: Option<String>,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
+    for attempt in 0..2 {
+        let Some(located) = state.topology.locate(target, caller, pinned.as_deref()).await? else {
+            return Err(Error::not_found(format!("{} not found at any site", describe(target))));
+        };
+        match fetch_from(state, &located, target, caller, req_headers).await {
+            Err(e) if e.kind == Kind::NotFound && attempt == 0 && pinned.is_none() => {
+                state.topology.invalidate(&target.bucket, target.object.as_deref());
+            }
+            other => return other.map(|resp| with_target(resp, &located.site.id)),
+        }
+    }
+    Err(Error::not_found(format!("{} not found at any site", describe(target))))
+}
+
+fn describe(t: &Target) -> String {
+    match &t.object {
+        Some(o) => format!("object {}/{o}", t.bucket),
+        None => format!("bucket {}", t.bucket),
+    }
+}
+
+/// GETs the target from one site and relays the answer; object bytes are verified on the way.
+async fn fetch_from(state: &AppState, located: &Located, target: &Target, caller: &Caller<'_>, req_headers: &HeaderMap) -> Result<Response> {
+    let site = &located.site;
+    let url = format!("{}{}", site.uri.trim_end_matches('/'), target.remote_path());
+    let json = target.object.is_none() || wants_json(req_headers);
+    let zstd = !json && wants_zstd(req_headers);
+    let mut request = state.topology.client().get(&url).header(CLIENT_ID, caller.client_id).header(OP_ID, caller.op_id);
+    if json {
+        request = request.header(header::ACCEPT, "application/json");
+    } else {
+        request = request.header(header::ACCEPT, "application/octet-stream");
+    }
+    if zstd {
+        request = request.header(header::ACCEPT_ENCODING, "zstd");
+    }
+    let started = Instant::now();
+    let resp = request.send().await;
+    state.topology.record(&site.id, resp.is_ok(), started);
+    let resp = resp.map_err(|e| Error::upstream(Kind::BadGateway, format!("site {} unreachable: {e}", site.id)))?;
+    if !resp.status().is_success() {
+        return Err(relay_error(&site.id, &resp));
+    }
+    let mut out = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        let n = name.as_str();
+        if (n.starts_with("x-clonecloudstore-") && name != OP_ID && n != "x-clonecloudstore-module")
+            || name == header::CONTENT_TYPE
+            || name == header::CONTENT_ENCODING
+            || (name == header::CONTENT_LENGTH && !zstd)
+        {
+            out.insert(HeaderName::from(name), value.clone());
+        }
+    }
+    let body = relay_body(&site.id, resp, caller.op_id, zstd, json)?;
+    let stream: ByteStream = Box::pin(objects::Metered::new(body));
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.headers_mut() = out;
+    Ok(response)
+}
+
+/// The peer's body as a stream; object bytes are wrapped in verification of the size and
+/// hash the peer announced.
+fn relay_body(site: &str, resp: reqwest::Response, op_id: &str, zstd: bool, json: bool) -> Result<ByteStream> {
+    let header_text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let expected_hash = header_text(HASH);
+    let expected_size = header_text(SIZE).and_then(|s| s.parse::<u64>().ok());
+    let raw = into_stream(resp, site.to_owned());
+    if json {
+        return Ok(raw);
+    }
+    let (Some(hash), Some(size)) = (expected_hash, expected_size) else {
+        return Err(Error::upstream(Kind::BadGateway, format!("site {site} sent an object without size and hash")));
+    };
+    let (op_id, peer) = (op_id.to_owned(), site.to_owned());
+    let on_mismatch = Box::new(move |what: &str| {
+        metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "peer").increment(1);
+        tracing::error!(op_id = %op_id, peer = %peer, "integrity failure on read-through, transfer aborted: {what}");
+    });
+    Ok(if zstd {
+        Box::pin(Verify::compressed(raw, &hash, size, on_mismatch)?)
+    } else {
+        Box::pin(Verify::new(raw, &hash, size, on_mismatch))
+    })
+}
+
+/// Maps a peer's error status to ours, keeping its message.
+fn relay_error(site: &str, resp: &reqwest::Response) -> Error {
+    let message = resp
+        .headers()
+        .get(crate::http::common::ERROR)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let kind = match resp.status() {
+        StatusCode::NOT_FOUND => Kind::NotFound,
+        StatusCode::GONE => Kind::Gone,
+        StatusCode::FORBIDDEN => Kind::Forbidden,
+        StatusCode::BAD_REQUEST => Kind::BadRequest,
+        StatusCode::NOT_ACCEPTABLE => Kind::NotAcceptable,
+        _ => Kind::BadGateway,
+    };
+    Error::upstream(kind, format!("site {site} answered {}: {message}", resp.status()))
+}
+
+fn into_stream(resp: reqwest::Response, site: String) -> ByteStream {
+    Box::pin(resp.bytes_stream().map_err(move |e| Error::upstream(Kind::BadGateway, format!("stream from site {site} broke: {e}"))))
+}
