@@ -70,7 +70,7 @@ async fn live_bucket(state: &AppState, name: &str) -> Result<Bucket> {
 
 /// A live bucket the client can read. Without READ the bucket does not exist for the client:
 /// 404, as CCS answers reads.
-async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
+pub(crate) async fn readable_bucket(state: &AppState, client: &str, name: &str) -> Result<Bucket> {
     let bucket = live_bucket(state, name).await?;
     if state.meta.rights(client, name).await? & rights::READ == 0 {
         return Err(Error::not_found(format!("bucket {name} not found")));
