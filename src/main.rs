@@ -23,6 +23,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Register the objects already in a backend bucket (size and SHA-256), creating the
+    /// bucket if needed; objects already registered are skipped.
+    Import {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        bucket: String,
+        /// Owner of the bucket when the import creates it.
+        #[arg(long, default_value = "import")]
+        client_id: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +59,19 @@ fn main() -> std::process::ExitCode {
                             None => Config::default(),
                         };
                         mirrorgate::run(config, shutdown_signal()).await
+                    }
+                    Command::Import {
+                        config,
+                        bucket,
+                        client_id,
+                    } => {
+                        let config = Config::load(&config)?;
+                        let summary = mirrorgate::storage::import::import_bucket(
+                            &config, &bucket, &client_id,
+                        )
+                        .await?;
+                        println!("{bucket}: {summary}");
+                        Ok(())
                     }
                 }
             })

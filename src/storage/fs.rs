@@ -12,7 +12,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, ObjectWriter, Storage};
+use super::{ByteStream, ListPage, ObjectWriter, Storage};
 use crate::error::{Error, Result};
 
 /// Read size for streaming objects out.
@@ -112,6 +112,17 @@ impl Storage for FsStorage {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        _prefix: &str,
+        _continuation: Option<&str>,
+    ) -> Result<ListPage> {
+        Err(Error::storage(format!(
+            "listing bucket {bucket} is not supported by fs storage (files are named by the hash of their key)"
+        )))
     }
 
     async fn sweep(&self) -> Result<usize> {

@@ -2,6 +2,8 @@
 //! holds bytes. A write is staged by an [`ObjectWriter`] and becomes visible only on `commit`.
 
 pub mod fs;
+pub mod import;
+pub mod s3;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +28,13 @@ pub struct StoredObject {
     pub hash: Option<String>,
 }
 
+/// One page of a listing; `next` continues it.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<StoredObject>,
+    pub next: Option<String>,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// Prepares the backend for a bucket (idempotent).
@@ -39,10 +48,37 @@ pub trait Storage: Send + Sync {
         key: &str,
         size_hint: Option<u64>,
     ) -> Result<Box<dyn ObjectWriter>>;
+    /// Like `writer`, knowing the hash the sender declared (the write still fails unless the
+    /// bytes match it): a backend that keeps the hash with the object can record it up front.
+    async fn writer_with_hash(
+        &self,
+        bucket: &str,
+        key: &str,
+        size_hint: Option<u64>,
+        _declared_sha256: Option<&str>,
+    ) -> Result<Box<dyn ObjectWriter>> {
+        self.writer(bucket, key, size_hint).await
+    }
     /// Streams an object's bytes, or NotFound.
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
     /// Size of a stored object, None when absent.
     async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>>;
+    /// Size and, where the backend keeps it, SHA-256 of a stored object; None when absent.
+    async fn describe(&self, bucket: &str, key: &str) -> Result<Option<StoredObject>> {
+        Ok(self.stat(bucket, key).await?.map(|size| StoredObject {
+            key: key.to_owned(),
+            size,
+            hash: None,
+        }))
+    }
+    /// One page of the objects whose key starts with `prefix`, in key order; `continuation` is
+    /// the previous page's `next`. Backends that cannot enumerate keys answer an error.
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<&str>,
+    ) -> Result<ListPage>;
     /// Removes an object (absent is fine).
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
     /// Removes what a crash left behind (temporary files, unfinished uploads).
@@ -63,6 +99,7 @@ pub trait ObjectWriter: Send {
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<DynStorage> {
     match config.storage.backend.as_str() {
         "fs" => Ok(Arc::new(fs::FsStorage::open(&config.site.data_dir).await?)),
+        "s3" => Ok(Arc::new(s3::S3Storage::open(&config.storage).await?)),
         other => anyhow::bail!("storage backend {other:?} is not available in this build"),
     }
 }

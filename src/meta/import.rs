@@ -1,0 +1,72 @@
+//! Registration of objects that already sit in storage (`mirrorgate import`).
+
+use super::{MetaStore, Object};
+use crate::error::{Error, Result};
+
+impl MetaStore {
+    /// Records an object READY with its size and hash. A name that is taken stays as it is and
+    /// answers false, except a row left by a deletion or a failed upload, which is replaced
+    /// (the bytes are in storage again).
+    pub async fn register_ready_object(&self, obj: &Object) -> Result<bool> {
+        let metadata =
+            serde_json::to_string(&obj.metadata).map_err(|e| Error::internal(e.to_string()))?;
+        let done = sqlx::query(
+            "INSERT INTO objects (bucket, name, id, site, hash, status, creation, expires, size, metadata)
+             VALUES ($1,$2,$3,$4,$5,'READY',$6,$7,$8,$9)
+             ON CONFLICT (bucket, name) DO UPDATE SET id = excluded.id, site = excluded.site,
+             hash = excluded.hash, status = excluded.status, creation = excluded.creation,
+             expires = excluded.expires, size = excluded.size, metadata = excluded.metadata
+             WHERE objects.status IN ('DELETED', 'ERR_UPL')",
+        )
+        .bind(&obj.bucket)
+        .bind(&obj.name)
+        .bind(&obj.id)
+        .bind(&obj.site)
+        .bind(&obj.hash)
+        .bind(obj.creation.timestamp_millis())
+        .bind(obj.expires.map(|e| e.timestamp_millis()))
+        .bind(obj.size as i64)
+        .bind(metadata)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Status;
+
+    fn object(name: &str) -> Object {
+        Object {
+            id: uuid::Uuid::new_v4().to_string(),
+            site: "site-a".into(),
+            bucket: "b1".into(),
+            name: name.into(),
+            hash: Some(crate::hash::of(b"x")),
+            status: Status::Ready,
+            creation: chrono::Utc::now(),
+            expires: None,
+            size: 1,
+            metadata: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn registers_once_and_replaces_only_deleted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        let meta = MetaStore::open(&url).await.unwrap();
+        let obj = object("a/b");
+        assert!(meta.register_ready_object(&obj).await.unwrap());
+        assert!(!meta.register_ready_object(&obj).await.unwrap());
+        let stored = meta.get_object("b1", "a/b").await.unwrap().unwrap();
+        assert_eq!(stored.status, Status::Ready);
+        assert_eq!(stored.hash, obj.hash);
+        meta.set_object_status("b1", "a/b", Status::Deleted)
+            .await
+            .unwrap();
+        assert!(meta.register_ready_object(&obj).await.unwrap());
+    }
+}
