@@ -10,6 +10,7 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::meta::{MetaStore, Topology, TopologyStatus};
+use crate::replication::ReplicationService;
 use crate::storage::DynStorage;
 use crate::topology::TopologyService;
 
@@ -24,6 +25,7 @@ pub struct Inner {
     pub meta: MetaStore,
     pub storage: DynStorage,
     pub topology: TopologyService,
+    pub replication: ReplicationService,
 }
 
 impl Deref for AppState {
@@ -41,13 +43,19 @@ impl AppState {
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let client = crate::http::tls::peer_client(&config.tls, connect_timeout)?;
-        let topology = TopologyService::new(config.site.id.clone(), config.topology.clone(), meta.clone(), client);
+        let topology = TopologyService::new(
+            config.site.id.clone(),
+            config.topology.clone(),
+            meta.clone(),
+            client,
+        );
         let state = AppState(Arc::new(Inner {
             site_id: config.site.id.clone(),
             public_url,
             meta,
             storage,
             topology,
+            replication: ReplicationService::default(),
             config,
         }));
         state.recover().await?;
@@ -67,6 +75,13 @@ impl AppState {
     async fn recover(&self) -> anyhow::Result<()> {
         let temporaries = self.storage.sweep().await?;
         let uploads = self.meta.sweep_uploads().await?;
+        let reclaimed = self.meta.reset_inbox_claims().await?;
+        if reclaimed > 0 {
+            tracing::info!(
+                orders = reclaimed,
+                "orders interrupted by the last stop are queued again"
+            );
+        }
         for (bucket, name) in &uploads {
             self.storage.delete(bucket, name).await?;
         }
@@ -91,7 +106,9 @@ impl AppState {
             .route("/metrics", get(crate::http::metrics::render))
             .merge(crate::dataplane::accessor::routes())
             .merge(crate::dataplane::replicator::routes())
+            .merge(crate::replication::routes::routes())
             .merge(crate::control::admin::routes())
+            .merge(crate::control::backbeat::routes())
             .fallback(crate::http::common::no_route)
             .layer(axum::middleware::from_fn(
                 crate::http::common::common_protocol,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod hash;
 pub mod http;
 pub mod meta;
+pub mod replication;
 pub mod storage;
 pub mod topology;
 
@@ -41,6 +42,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let state = app::AppState::open(config, public_url).await?;
     let router = state.router();
+    replication::start(&state);
     tracing::info!(site = %state.site_id, url = %state.public_url, "listening on {addr}");
     http::server::serve(listener, router, options, shutdown).await;
     tracing::info!("stopped");

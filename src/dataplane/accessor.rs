@@ -16,10 +16,12 @@ use super::objects::{self, encode_for_client, Expected};
 use crate::app::AppState;
 use crate::error::{Error, Kind, Result};
 use crate::http::common::{no_content, ClientId, OpId, TARGET_ID, TYPE};
-use crate::topology::{Caller, Target};
 use crate::meta::model::rights;
 use crate::meta::{Bucket, Object, ObjectFilter, Status};
+use crate::replication::order::Action;
+use crate::replication::WriteOrigin;
 use crate::storage::ByteStream;
+use crate::topology::{Caller, Target};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -43,6 +45,9 @@ pub fn routes() -> Router<AppState> {
 
 /// Objects per metadata page when streaming a listing.
 const LIST_PAGE: i64 = 1000;
+
+const REPLICATION_STATUS: http::HeaderName =
+    http::HeaderName::from_static("x-clonecloudstore-replication-status");
 
 pub(crate) fn type_header(kind: &'static str) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -126,14 +131,20 @@ async fn create_bucket(
     let bucket = Bucket {
         id: name.clone(),
         name: name.clone(),
-        client_id: client,
+        client_id: client.clone(),
         site: state.site_id.clone(),
         creation: Utc::now(),
         expires: None,
         status: Status::Ready,
     };
     state.storage.create_bucket(&name).await?;
-    state.meta.create_bucket(&bucket).await?;
+    let origin = WriteOrigin::Client { client_id: client };
+    let orders = state
+        .replication
+        .orders_for(&state, &origin, &name, None, Action::Create)
+        .await?;
+    state.meta.create_bucket(&bucket, &orders).await?;
+    state.replication.queued(&orders);
     state.topology.invalidate(&name, None);
     Ok((StatusCode::CREATED, Json(bucket)).into_response())
 }
@@ -147,8 +158,15 @@ async fn delete_bucket(
     if state.meta.bucket_has_objects(&name).await? {
         return Err(Error::not_acceptable(format!("bucket {name} is not empty")));
     }
-    state.meta.delete_bucket(&name).await?;
+    let origin = WriteOrigin::Client { client_id: client };
+    let orders = state
+        .replication
+        .orders_for(&state, &origin, &name, None, Action::Delete)
+        .await?;
+    state.meta.delete_bucket(&name, &orders).await?;
+    state.replication.queued(&orders);
     state.storage.delete_bucket(&name).await?;
+    state.topology.invalidate(&name, None);
     Ok(no_content(HeaderMap::new()))
 }
 
@@ -243,6 +261,7 @@ async fn create_object(
             size: upload.size,
             hash: upload.hash,
         },
+        &WriteOrigin::Client { client_id: client },
     )
     .await?;
     Ok((StatusCode::CREATED, object_headers(&stored), Json(stored)).into_response())
@@ -274,18 +293,50 @@ async fn get_object(
 ) -> Result<Response> {
     let obj = match readable_object(&state, &client, &bucket, &name).await {
         Ok(obj) => obj,
-        Err(e) if e.kind == Kind::NotFound && may_read_remotely(&state, &client, &bucket).await? => {
-            let target = Target { bucket, object: Some(name) };
-            let caller = Caller { client_id: &client, op_id: &op_id };
-            return super::replicator::fetch_through(&state, &target, &caller, None, &req_headers).await;
+        Err(e)
+            if e.kind == Kind::NotFound && may_read_remotely(&state, &client, &bucket).await? =>
+        {
+            let target = Target {
+                bucket,
+                object: Some(name),
+            };
+            let caller = Caller {
+                client_id: &client,
+                op_id: &op_id,
+            };
+            return super::replicator::fetch_through(&state, &target, &caller, None, &req_headers)
+                .await;
         }
         Err(e) => return Err(e),
     };
+    let replication = crate::replication::object_status(&state, &bucket, &name).await?;
     if wants_json(&req_headers) {
-        return Ok((object_headers(&obj), Json(obj)).into_response());
+        let mut json = serde_json::to_value(&obj).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some((overall, sites)) = &replication {
+            json["replicationStatus"] = serde_json::json!(overall);
+            json["replicationSites"] = serde_json::json!(sites);
+        }
+        let mut h = object_headers(&obj);
+        add_replication_header(&mut h, &replication);
+        return Ok((h, Json(json)).into_response());
     }
     let body = objects::open_verified(&state, &obj, &op_id).await?;
-    Ok(object_response(&obj, body, wants_zstd(&req_headers)))
+    let mut resp = object_response(&obj, body, wants_zstd(&req_headers));
+    add_replication_header(resp.headers_mut(), &replication);
+    Ok(resp)
+}
+
+/// `x-clonecloudstore-replication-status`: REPLICA on a copy, the overall status at the source.
+fn add_replication_header(
+    h: &mut HeaderMap,
+    status: &Option<(String, std::collections::BTreeMap<String, String>)>,
+) {
+    if let Some(v) = status
+        .as_ref()
+        .and_then(|(overall, _)| HeaderValue::from_str(overall).ok())
+    {
+        h.insert(REPLICATION_STATUS, v);
+    }
 }
 
 /// Whether a read that missed here may be served by another site (CCS `remote.read`): yes when
@@ -293,7 +344,10 @@ async fn get_object(
 async fn may_read_remotely(state: &AppState, client: &str, bucket: &str) -> Result<bool> {
     Ok(match state.meta.get_bucket(bucket).await? {
         None => true,
-        Some(b) => b.status == Status::Ready && state.meta.rights(client, bucket).await? & rights::READ != 0,
+        Some(b) => {
+            b.status == Status::Ready
+                && state.meta.rights(client, bucket).await? & rights::READ != 0
+        }
     })
 }
 
@@ -329,17 +383,35 @@ async fn head_object(
         Some((kind, Some(obj))) => {
             let mut h = object_headers(&obj);
             h.extend(type_header(kind));
+            add_replication_header(
+                &mut h,
+                &crate::replication::object_status(&state, &bucket, &name).await?,
+            );
             no_content(h)
         }
         Some((kind, None)) => no_content(type_header(kind)),
         None if may_read_remotely(&state, &client, &bucket).await? => {
-            let target = Target { bucket, object: Some(name) };
-            let caller = Caller { client_id: &client, op_id: &op_id };
+            let target = Target {
+                bucket,
+                object: Some(name),
+            };
+            let caller = Caller {
+                client_id: &client,
+                op_id: &op_id,
+            };
             match state.topology.locate(&target, &caller, None).await? {
                 Some(found) => {
-                    let kind = if found.kind == "DIRECTORY" { "DIRECTORY" } else { "OBJECT" };
+                    let kind = if found.kind == "DIRECTORY" {
+                        "DIRECTORY"
+                    } else {
+                        "OBJECT"
+                    };
                     let mut h = type_header(kind);
-                    h.insert(TARGET_ID, HeaderValue::from_str(&found.site.id).map_err(|e| Error::internal(e.to_string()))?);
+                    h.insert(
+                        TARGET_ID,
+                        HeaderValue::from_str(&found.site.id)
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    );
                     no_content(h)
                 }
                 None => (StatusCode::NOT_FOUND, type_header("NONE")).into_response(),
@@ -379,40 +451,12 @@ async fn delete_object(
 ) -> Result<Response> {
     check_object(&name)?;
     require(&state, &client, &bucket, rights::DELETE).await?;
-    let obj = state
-        .meta
-        .get_object(&bucket, &name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("object {bucket}/{name} not found")))?;
-    match obj.status {
-        Status::Ready | Status::ErrDel => {}
-        Status::Deleted => {
-            return Err(Error::gone(format!(
-                "object {bucket}/{name} is already deleted"
-            )))
-        }
-        other => {
-            return Err(Error::conflict(format!(
-                "object {bucket}/{name} is {}, it cannot be deleted now",
-                other.as_str()
-            )))
-        }
-    }
-    state
-        .meta
-        .set_object_status(&bucket, &name, Status::Deleting)
-        .await?;
-    if let Err(e) = state.storage.delete(&bucket, &name).await {
-        state
-            .meta
-            .set_object_status(&bucket, &name, Status::ErrDel)
-            .await?;
-        return Err(e);
-    }
-    state
-        .meta
-        .set_object_status(&bucket, &name, Status::Deleted)
-        .await?;
-    state.topology.invalidate(&bucket, Some(&name));
+    objects::delete(
+        &state,
+        &bucket,
+        &name,
+        &WriteOrigin::Client { client_id: client },
+    )
+    .await?;
     Ok(no_content(HeaderMap::new()))
 }

@@ -13,6 +13,8 @@ use crate::app::AppState;
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::meta::{Object, Status};
+use crate::replication::order::Action;
+use crate::replication::WriteOrigin;
 use crate::storage::ByteStream;
 
 /// What the sender says about the bytes it sends.
@@ -63,6 +65,7 @@ pub async fn store(
     mut obj: Object,
     body: ByteStream,
     expected: Expected,
+    origin: &WriteOrigin,
 ) -> Result<Object> {
     obj.status = Status::Upload;
     state.meta.begin_upload(&obj).await?;
@@ -74,9 +77,7 @@ pub async fn store(
     };
     let received = receive(state, &obj, body, &expected).await;
     let result = match received {
-        Ok((size, hash)) => state
-            .meta
-            .finish_upload(&obj.bucket, &obj.name, size, &hash)
+        Ok((size, hash)) => commit_upload(state, &obj, size, &hash, origin)
             .await
             .map(|_| (size, hash)),
         Err(e) => Err(e),
@@ -99,6 +100,79 @@ pub async fn store(
             Err(e)
         }
     }
+}
+
+/// Marks the upload READY and queues its orders in the same transaction.
+async fn commit_upload(
+    state: &AppState,
+    obj: &Object,
+    size: u64,
+    hash: &str,
+    origin: &WriteOrigin,
+) -> Result<()> {
+    let target = Some((obj.name.as_str(), size, hash));
+    let orders = state
+        .replication
+        .orders_for(state, origin, &obj.bucket, target, Action::Create)
+        .await?;
+    let replica_of = match origin {
+        WriteOrigin::Replica { from_site } => Some(from_site.as_str()),
+        WriteOrigin::Client { .. } => None,
+    };
+    state
+        .meta
+        .finish_upload(&obj.bucket, &obj.name, size, hash, replica_of, &orders)
+        .await?;
+    state.replication.queued(&orders);
+    Ok(())
+}
+
+/// Deletes an object: DELETING, bytes removed, then DELETED with its orders in one
+/// transaction. A failure to remove the bytes leaves ERR_DEL.
+pub async fn delete(
+    state: &AppState,
+    bucket: &str,
+    name: &str,
+    origin: &WriteOrigin,
+) -> Result<()> {
+    let obj = state
+        .meta
+        .get_object(bucket, name)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("object {bucket}/{name} not found")))?;
+    match obj.status {
+        Status::Ready | Status::ErrDel => {}
+        Status::Deleted => {
+            return Err(Error::gone(format!(
+                "object {bucket}/{name} is already deleted"
+            )))
+        }
+        other => {
+            return Err(Error::conflict(format!(
+                "object {bucket}/{name} is {}, it cannot be deleted now",
+                other.as_str()
+            )))
+        }
+    }
+    state
+        .meta
+        .set_object_status(bucket, name, Status::Deleting)
+        .await?;
+    if let Err(e) = state.storage.delete(bucket, name).await {
+        state
+            .meta
+            .set_object_status(bucket, name, Status::ErrDel)
+            .await?;
+        return Err(e);
+    }
+    let orders = state
+        .replication
+        .orders_for(state, origin, bucket, Some((name, 0, "")), Action::Delete)
+        .await?;
+    state.meta.finish_delete(bucket, name, &orders).await?;
+    state.replication.queued(&orders);
+    state.topology.invalidate(bucket, Some(name));
+    Ok(())
 }
 
 async fn receive(

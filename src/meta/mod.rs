@@ -3,6 +3,7 @@
 
 mod import;
 pub mod model;
+pub mod replication;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
+use crate::replication::order::Order;
 pub use model::{Bucket, Object, Status, Topology, TopologyStatus};
 
 #[derive(Clone)]
@@ -69,11 +71,18 @@ impl MetaStore {
         &self.pool
     }
 
+    /// A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE): a
+    /// transaction that reads and then writes would otherwise fail with SQLITE_BUSY instead of
+    /// waiting when another writer got in between.
+    pub async fn write_tx(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     // ---- buckets -------------------------------------------------------------------------
 
     /// Creates a bucket owned by its creator. A DELETED bucket of that name may be re-created.
-    pub async fn create_bucket(&self, bucket: &Bucket) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn create_bucket(&self, bucket: &Bucket, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
                 .bind(&bucket.name)
@@ -109,6 +118,7 @@ impl MetaStore {
             .bind(model::rights::OWNER)
             .execute(&mut *tx)
             .await?;
+        replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -155,8 +165,8 @@ impl MetaStore {
     }
 
     /// Marks a bucket DELETED and forgets its deleted object rows and grants.
-    pub async fn delete_bucket(&self, bucket: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn delete_bucket(&self, bucket: &str, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE buckets SET status = 'DELETED' WHERE name = $1")
             .bind(bucket)
             .execute(&mut *tx)
@@ -166,6 +176,11 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM ownerships WHERE bucket = $1")
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+        replication::insert_orders(&mut tx, orders).await?;
+        sqlx::query("DELETE FROM replication_status WHERE bucket = $1")
             .bind(bucket)
             .execute(&mut *tx)
             .await?;
@@ -258,7 +273,7 @@ impl MetaStore {
     /// Registers an upload (status UPLOAD). A READY object is a conflict (409), an upload in
     /// progress is 406 as CCS; a DELETED or failed row is replaced.
     pub async fn begin_upload(&self, obj: &Object) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
                 .bind(&obj.bucket)
@@ -285,21 +300,44 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Marks an upload READY with its verified size and hash.
+    /// Marks an upload READY with its verified size and hash, and queues its orders, in one
+    /// transaction. `replica_of` names the site a replica was copied from.
     pub async fn finish_upload(
         &self,
         bucket: &str,
         name: &str,
         size: u64,
         hash: &str,
+        replica_of: Option<&str>,
+        orders: &[Order],
     ) -> Result<()> {
-        sqlx::query("UPDATE objects SET status = 'READY', size = $1, hash = $2 WHERE bucket = $3 AND name = $4 AND status = 'UPLOAD'")
-            .bind(size as i64)
-            .bind(hash)
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE objects SET status = 'READY', size = $1, hash = $2, replica_of = $3
+             WHERE bucket = $4 AND name = $5 AND status = 'UPLOAD'",
+        )
+        .bind(size as i64)
+        .bind(hash)
+        .bind(replica_of)
+        .bind(bucket)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        replication::insert_orders(&mut tx, orders).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks an object DELETED and queues its orders, in one transaction.
+    pub async fn finish_delete(&self, bucket: &str, name: &str, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE objects SET status = 'DELETED' WHERE bucket = $1 AND name = $2")
             .bind(bucket)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        replication::insert_orders(&mut tx, orders).await?;
+        tx.commit().await?;
         Ok(())
     }
 

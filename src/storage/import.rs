@@ -120,15 +120,18 @@ async fn ensure_bucket(
         }
     }
     storage.create_bucket(bucket).await?;
-    meta.create_bucket(&Bucket {
-        id: bucket.to_owned(),
-        name: bucket.to_owned(),
-        client_id: client_id.to_owned(),
-        site: site.to_owned(),
-        creation: Utc::now(),
-        expires: None,
-        status: Status::Ready,
-    })
+    meta.create_bucket(
+        &Bucket {
+            id: bucket.to_owned(),
+            name: bucket.to_owned(),
+            client_id: client_id.to_owned(),
+            site: site.to_owned(),
+            creation: Utc::now(),
+            expires: None,
+            status: Status::Ready,
+        },
+        &[],
+    )
     .await
 }
 

@@ -1,0 +1,710 @@
+//! Replication state in the metadata store: outbox, inbox, per-peer status, failed operations,
+//! pause flags and completion events. Orders are inserted in the same transaction as the
+//! metadata change that caused them (see `insert_orders`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::MetaStore;
+use crate::error::Result;
+use crate::replication::order::{Action, Order, OrderStatus};
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An order this site owes a peer.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub order: Order,
+    pub attempts: u32,
+    pub created: i64,
+}
+
+/// An order received from a peer.
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    pub seq: i64,
+    pub order: Order,
+    pub attempts: u32,
+}
+
+/// A failed operation, as Backbeat lists it.
+#[derive(Debug, Clone)]
+pub struct FailedOp {
+    pub id: i64,
+    pub order: Order,
+    pub version_id: String,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub failed_at: i64,
+}
+
+/// Count and bytes (Backbeat's `results`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub count: i64,
+    pub bytes: i64,
+}
+
+const OUTBOX_COLUMNS: &str =
+    "seq, op_id, to_site, client_id, bucket, object, size, hash, action, attempts, created";
+
+fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
+    Order {
+        op_id: r.get("op_id"),
+        from_site: from_site.to_owned(),
+        to_site: to_site.to_owned(),
+        client_id: r.get("client_id"),
+        bucket_name: r.get("bucket"),
+        object_name: r
+            .get::<Option<String>, _>("object")
+            .filter(|o| !o.is_empty()),
+        size: r.get::<Option<i64>, _>("size").map(|s| s as u64),
+        hash: r.get("hash"),
+        action: Action::parse(r.get("action")),
+    }
+}
+
+fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
+    let to: String = r.get("to_site");
+    OutboxRow {
+        seq: r.get("seq"),
+        order: order_from_row(r, self_site, &to),
+        attempts: r.get::<i64, _>("attempts") as u32,
+        created: r.get("created"),
+    }
+}
+
+/// Queues orders (source side) and marks their objects PENDING for each peer.
+pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -> Result<()> {
+    let now = now_ms();
+    for o in orders {
+        sqlx::query(
+            "INSERT INTO outbox (op_id, to_site, client_id, bucket, object, size, hash, action, state, next_attempt, created)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'QUEUED',$9,$9) ON CONFLICT (op_id, to_site) DO NOTHING",
+        )
+        .bind(&o.op_id)
+        .bind(&o.to_site)
+        .bind(&o.client_id)
+        .bind(&o.bucket_name)
+        .bind(&o.object_name)
+        .bind(o.size.map(|s| s as i64))
+        .bind(&o.hash)
+        .bind(o.action.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if let Some(object) = &o.object_name {
+            set_status(tx, &o.bucket_name, object, &o.to_site, "PENDING").await?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_status(
+    tx: &mut Transaction<'_, Sqlite>,
+    bucket: &str,
+    object: &str,
+    site: &str,
+    status: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO replication_status (bucket, object, site, status, updated) VALUES ($1,$2,$3,$4,$5)
+         ON CONFLICT (bucket, object, site) DO UPDATE SET status = excluded.status, updated = excluded.updated",
+    )
+    .bind(bucket)
+    .bind(object)
+    .bind(site)
+    .bind(status)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn record_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    site: &str,
+    kind: &str,
+    bytes: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO replication_events (at, site, kind, bytes) VALUES ($1,$2,$3,$4)")
+        .bind(now_ms())
+        .bind(site)
+        .bind(kind)
+        .bind(bytes)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl MetaStore {
+    // ---- outbox (source side) ------------------------------------------------------------
+
+    /// Peers with orders waiting, and whether any are due for a status check.
+    pub async fn outbox_sites(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT to_site FROM outbox")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The oldest QUEUED orders for a peer, in order.
+    pub async fn queued_orders(
+        &self,
+        self_site: &str,
+        site: &str,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_site = $1 AND state = 'QUEUED' ORDER BY seq LIMIT $2"
+        ))
+        .bind(site)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| outbox_from_row(r, self_site)).collect())
+    }
+
+    /// SENT orders for a peer whose outcome is due to be asked.
+    pub async fn sent_orders_due(
+        &self,
+        self_site: &str,
+        site: &str,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE to_site = $1 AND state = 'SENT' AND next_attempt <= $2
+             ORDER BY seq LIMIT $3"
+        ))
+        .bind(site)
+        .bind(now_ms())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| outbox_from_row(r, self_site)).collect())
+    }
+
+    /// The peer stored these orders durably: now PROCESSING there.
+    pub async fn mark_sent(&self, rows: &[OutboxRow], check_after_ms: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for row in rows {
+            sqlx::query("UPDATE outbox SET state = 'SENT', next_attempt = $1, last_error = NULL WHERE seq = $2")
+                .bind(now_ms() + check_after_ms)
+                .bind(row.seq)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(object) = &row.order.object_name {
+                set_status(
+                    &mut tx,
+                    &row.order.bucket_name,
+                    object,
+                    &row.order.to_site,
+                    "PROCESSING",
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Asks again later about SENT orders that are still in progress at the peer.
+    pub async fn postpone_check(&self, seqs: &[i64], after_ms: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        for seq in seqs {
+            sqlx::query("UPDATE outbox SET next_attempt = $1 WHERE seq = $2")
+                .bind(now_ms() + after_ms)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A send failed: count the attempt. Returns the rows that reached `max_attempts` (already
+    /// moved to the failed operations).
+    pub async fn send_failed(
+        &self,
+        rows: &[OutboxRow],
+        error: &str,
+        max_attempts: u32,
+    ) -> Result<Vec<OutboxRow>> {
+        let mut exhausted = Vec::new();
+        let mut tx = self.write_tx().await?;
+        for row in rows {
+            let attempts = row.attempts + 1;
+            if attempts >= max_attempts {
+                fail_in_tx(&mut tx, row, attempts, error).await?;
+                exhausted.push(row.clone());
+            } else {
+                sqlx::query("UPDATE outbox SET attempts = $1, last_error = $2 WHERE seq = $3")
+                    .bind(attempts as i64)
+                    .bind(error)
+                    .bind(row.seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(exhausted)
+    }
+
+    /// The peer applied the order.
+    pub async fn order_completed(&self, row: &OutboxRow) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM outbox WHERE seq = $1")
+            .bind(row.seq)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(object) = &row.order.object_name {
+            set_status(
+                &mut tx,
+                &row.order.bucket_name,
+                object,
+                &row.order.to_site,
+                "COMPLETED",
+            )
+            .await?;
+        }
+        record_event(
+            &mut tx,
+            &row.order.to_site,
+            "COMPLETED",
+            row.order.size.unwrap_or(0) as i64,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The order failed for good (the peer gave up, or a permanent error).
+    pub async fn order_failed(&self, row: &OutboxRow, attempts: u32, error: &str) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fail_in_tx(&mut tx, row, attempts, error).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The peer does not know the order (it was lost): send it again.
+    pub async fn requeue(&self, seq: i64) -> Result<()> {
+        sqlx::query("UPDATE outbox SET state = 'QUEUED' WHERE seq = $1")
+            .bind(seq)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Orders and bytes still owed to a peer, and the creation time of the oldest.
+    pub async fn pending_totals(&self, site: Option<&str>) -> Result<(Totals, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM outbox WHERE ($1 IS NULL OR to_site = $1)",
+        )
+        .bind(site)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((
+            Totals {
+                count: row.get(0),
+                bytes: row.get(1),
+            },
+            row.get(2),
+        ))
+    }
+
+    /// Completions or failures recorded since `since_ms`.
+    pub async fn event_totals(
+        &self,
+        site: Option<&str>,
+        kind: &str,
+        since_ms: i64,
+    ) -> Result<Totals> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM replication_events
+             WHERE ($1 IS NULL OR site = $1) AND kind = $2 AND at >= $3",
+        )
+        .bind(site)
+        .bind(kind)
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Totals {
+            count: row.get(0),
+            bytes: row.get(1),
+        })
+    }
+
+    /// Per-peer replication status of an object (source side).
+    pub async fn replication_status(
+        &self,
+        bucket: &str,
+        object: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        let rows = sqlx::query(
+            "SELECT site, status FROM replication_status WHERE bucket = $1 AND object = $2",
+        )
+        .bind(bucket)
+        .bind(object)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The site a replica was copied from, None for an original.
+    pub async fn replica_of(&self, bucket: &str, object: &str) -> Result<Option<String>> {
+        let r: Option<Option<String>> =
+            sqlx::query_scalar("SELECT replica_of FROM objects WHERE bucket = $1 AND name = $2")
+                .bind(bucket)
+                .bind(object)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(r.flatten())
+    }
+
+    /// Queues orders outside a metadata change (a forced retry).
+    pub async fn queue_orders(&self, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        insert_orders(&mut tx, orders).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// After a crash: orders claimed by the previous run are claimable again.
+    pub async fn reset_inbox_claims(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE inbox SET state = 'PENDING', claimed_until = NULL WHERE state = 'PROCESSING'",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- failed operations ---------------------------------------------------------------
+
+    /// One page of a site's failed operations, newest first. `marker` is the id of the first
+    /// entry of the page (inclusive); ids only grow, so paging never repeats or skips one.
+    pub async fn list_failed(
+        &self,
+        self_site: &str,
+        site: &str,
+        marker: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<FailedOp>, Option<i64>)> {
+        let rows = sqlx::query(
+            "SELECT * FROM failed_ops WHERE site = $1 AND ($2 IS NULL OR id <= $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(site)
+        .bind(marker)
+        .bind(limit + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let mut ops: Vec<FailedOp> = rows.iter().map(|r| failed_from_row(r, self_site)).collect();
+        let next = if ops.len() as i64 > limit {
+            ops.pop().map(|o| o.id)
+        } else {
+            None
+        };
+        Ok((ops, next))
+    }
+
+    /// Failed operations of one object at every site.
+    pub async fn failed_for_object(
+        &self,
+        self_site: &str,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<FailedOp>> {
+        let rows = sqlx::query(
+            "SELECT * FROM failed_ops WHERE bucket = $1 AND object = $2 AND ($3 IS NULL OR version_id = $3) ORDER BY id DESC",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(version)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| failed_from_row(r, self_site)).collect())
+    }
+
+    /// Moves a failed operation back to the queue (attempts reset). None when not failed.
+    pub async fn retry_failed(
+        &self,
+        self_site: &str,
+        bucket: &str,
+        key: &str,
+        version: &str,
+        site: &str,
+    ) -> Result<Option<FailedOp>> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "DELETE FROM failed_ops WHERE bucket = $1 AND object = $2 AND ($3 = '' OR version_id = $3) AND site = $4 RETURNING *",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(version)
+        .bind(site)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut op = failed_from_row(&row, self_site);
+        op.order.op_id = uuid::Uuid::new_v4().to_string();
+        insert_orders(&mut tx, std::slice::from_ref(&op.order)).await?;
+        tx.commit().await?;
+        Ok(Some(op))
+    }
+
+    /// Forgets failed operations older than the retention window.
+    pub async fn prune_failed(&self, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM failed_ops WHERE failed_at < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("DELETE FROM replication_events WHERE at < $1")
+            .bind(now_ms() - 86_400_000)
+            .execute(self.pool())
+            .await?;
+        sqlx::query("DELETE FROM inbox WHERE state = 'DONE' AND finished < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- pause ---------------------------------------------------------------------------
+
+    pub async fn set_pause(&self, site: &str, paused: bool, resume_at: Option<i64>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO replication_pause (site, paused, resume_at) VALUES ($1,$2,$3)
+             ON CONFLICT (site) DO UPDATE SET paused = excluded.paused, resume_at = excluded.resume_at",
+        )
+        .bind(site)
+        .bind(paused)
+        .bind(resume_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// site -> (paused, scheduled resume time).
+    pub async fn pause_states(&self) -> Result<HashMap<String, (bool, Option<i64>)>> {
+        let rows = sqlx::query("SELECT site, paused, resume_at FROM replication_pause")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), (r.get::<bool, _>(1), r.get(2))))
+            .collect())
+    }
+
+    // ---- inbox (receiving side) ----------------------------------------------------------
+
+    /// Stores received orders durably. A re-sent order is not applied twice; one that failed
+    /// here is revived.
+    pub async fn receive_orders(&self, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        for o in orders {
+            sqlx::query(
+                "INSERT INTO inbox (op_id, from_site, client_id, bucket, object, size, hash, action, state, next_attempt, created)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'PENDING',$9,$9)
+                 ON CONFLICT (op_id) DO UPDATE SET state = 'PENDING', attempts = 0, next_attempt = excluded.next_attempt,
+                 last_error = NULL WHERE inbox.state = 'FAILED'",
+            )
+            .bind(&o.op_id)
+            .bind(&o.from_site)
+            .bind(&o.client_id)
+            .bind(&o.bucket_name)
+            .bind(&o.object_name)
+            .bind(o.size.map(|s| s as i64))
+            .bind(&o.hash)
+            .bind(o.action.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn order_statuses(&self, op_ids: &[String]) -> Result<Vec<OrderStatus>> {
+        let mut out = Vec::with_capacity(op_ids.len());
+        for op_id in op_ids {
+            let row = sqlx::query("SELECT state, last_error, attempts FROM inbox WHERE op_id = $1")
+                .bind(op_id)
+                .fetch_optional(self.pool())
+                .await?;
+            out.push(match row {
+                Some(r) => OrderStatus {
+                    op_id: op_id.clone(),
+                    status: r.get(0),
+                    error: r.get(1),
+                    attempts: r.get::<i64, _>(2) as u32,
+                },
+                None => OrderStatus {
+                    op_id: op_id.clone(),
+                    status: "UNKNOWN".into(),
+                    error: None,
+                    attempts: 0,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Claims the next due order whose object has no earlier order still open, so orders for
+    /// one object apply in the order they arrived. The claim is a lease: a crashed worker's
+    /// order is claimable again once it expires.
+    pub async fn claim_inbox(&self, self_site: &str, lease_ms: i64) -> Result<Option<InboxRow>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq = (
+                SELECT i.seq FROM inbox i
+                WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
+                AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket AND j.object IS i.object
+                                AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
+                ORDER BY i.seq LIMIT 1)
+             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts",
+        )
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| {
+            let from: String = r.get("from_site");
+            InboxRow {
+                seq: r.get("seq"),
+                order: order_from_row(&r, &from, self_site),
+                attempts: r.get::<i64, _>("attempts") as u32,
+            }
+        }))
+    }
+
+    /// Extends a claim while a long transfer runs.
+    pub async fn extend_claim(&self, seq: i64, lease_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE inbox SET claimed_until = $1 WHERE seq = $2 AND state = 'PROCESSING'")
+            .bind(now_ms() + lease_ms)
+            .bind(seq)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn inbox_done(&self, seq: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE inbox SET state = 'DONE', finished = $1, last_error = NULL WHERE seq = $2",
+        )
+        .bind(now_ms())
+        .bind(seq)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt; retried at `next_ms`, or FAILED for good when `next_ms` is None.
+    pub async fn inbox_attempt_failed(
+        &self,
+        seq: i64,
+        error: &str,
+        next_ms: Option<i64>,
+    ) -> Result<()> {
+        let (state, next) = match next_ms {
+            Some(n) => ("PENDING", n),
+            None => ("FAILED", now_ms()),
+        };
+        sqlx::query(
+            "UPDATE inbox SET state = $1, attempts = attempts + 1, next_attempt = $2, last_error = $3, finished = $4 WHERE seq = $5",
+        )
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(now_ms())
+        .bind(seq)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a later order for the same object is waiting (an earlier CREATE is superseded).
+    pub async fn has_later_order(
+        &self,
+        seq: i64,
+        bucket: &str,
+        object: Option<&str>,
+    ) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox WHERE bucket = $1 AND object IS $2 AND seq > $3",
+        )
+        .bind(bucket)
+        .bind(object)
+        .bind(seq)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(n > 0)
+    }
+}
+
+async fn fail_in_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    row: &OutboxRow,
+    attempts: u32,
+    error: &str,
+) -> Result<()> {
+    let o = &row.order;
+    sqlx::query("DELETE FROM outbox WHERE seq = $1")
+        .bind(row.seq)
+        .execute(&mut **tx)
+        .await?;
+    let version: Option<String> = match &o.object_name {
+        Some(name) => {
+            sqlx::query_scalar("SELECT id FROM objects WHERE bucket = $1 AND name = $2")
+                .bind(&o.bucket_name)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        None => None,
+    };
+    sqlx::query(
+        "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
+         ON CONFLICT (bucket, object, version_id, site) DO UPDATE SET op_id = excluded.op_id, action = excluded.action,
+         size = excluded.size, hash = excluded.hash, attempts = excluded.attempts, error = excluded.error,
+         failed_at = excluded.failed_at, id = (SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
+    )
+    .bind(&o.op_id)
+    .bind(&o.to_site)
+    .bind(&o.client_id)
+    .bind(&o.bucket_name)
+    .bind(o.object_name.clone().unwrap_or_default())
+    .bind(version.unwrap_or_default())
+    .bind(o.size.map(|s| s as i64))
+    .bind(&o.hash)
+    .bind(o.action.as_str())
+    .bind(attempts as i64)
+    .bind(error)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    if let Some(object) = &o.object_name {
+        set_status(tx, &o.bucket_name, object, &o.to_site, "FAILED").await?;
+    }
+    record_event(tx, &o.to_site, "FAILED", o.size.unwrap_or(0) as i64).await?;
+    Ok(())
+}
+
+fn failed_from_row(r: &SqliteRow, self_site: &str) -> FailedOp {
+    let site: String = r.get("site");
+    FailedOp {
+        id: r.get("id"),
+        order: order_from_row(r, self_site, &site),
+        version_id: r.get("version_id"),
+        attempts: r.get::<i64, _>("attempts") as u32,
+        error: r.get("error"),
+        failed_at: r.get("failed_at"),
+    }
+}
