@@ -156,3 +156,386 @@ async fn a_burst_of_500_small_objects_converges() {
     }
     converged(&c, "burst", "obj-0499", &data(1499, 499)).await;
 }
+
+/// Whether the site holds a READY copy in its own store (the remote route never looks elsewhere).
+async fn holds(site: &Site, bucket: &str, key: &str) -> bool {
+    let url = site.url(&format!("/replicator/remote/buckets/{bucket}/{key}"));
+    matches!(client().head(url).send().await, Ok(r) if r.status() == 204)
+}
+
+async fn backbeat_get(site: &Site, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(site.url(&format!("/_/backbeat/api/_/crr/{path}")))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Every failed entry for a site, following NextMarker.
+async fn all_failed(site: &Site, sitename: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let (status, page) =
+            backbeat_get(site, &format!("failed?sitename={sitename}{marker}")).await;
+        assert_eq!(status, 200, "{page}");
+        let versions = page["Versions"].as_array().unwrap();
+        assert!(versions.len() <= 100);
+        keys.extend(
+            versions
+                .iter()
+                .map(|v| v["Key"].as_str().unwrap().to_owned()),
+        );
+        if page["IsTruncated"] == true {
+            marker = format!("&marker={}", page["NextMarker"]);
+        } else {
+            return keys;
+        }
+    }
+}
+
+#[tokio::test]
+async fn orders_wait_for_a_peer_that_is_down() {
+    let slow_retry =
+        "[replication]\nmax_attempts = 50\nbackoff_initial_ms = 100\nbackoff_max_ms = 300\n";
+    let (a, mut b, c) = three_sites(slow_retry).await;
+    create_bucket(&a, "outage").await;
+    converged_bucket(&b, "outage").await;
+    b.kill9();
+    let body = data(50_000, 7);
+    put_object(&a, "outage", "waits", body.clone()).await;
+    converged(&c, "outage", "waits", &body).await;
+    // The backlog is visible while B is away.
+    eventually(
+        Duration::from_secs(10),
+        "pending order for site-b",
+        || async {
+            let r = reqwest::get(a.url("/_/backbeat/api/metrics/crr/site-b/pending"))
+                .await
+                .ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["pending"]["results"]["count"].as_i64()? >= 1).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        a.metric("mirrorgate_replication_pending_orders{peer=\"site-b\"}")
+            .await
+            >= 1.0
+    );
+    b.restart();
+    converged(&b, "outage", "waits", &body).await;
+}
+
+async fn converged_bucket(site: &Site, bucket: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("bucket {bucket} at {}", site.id),
+        || async {
+            let r = client()
+                .head(site.url(&format!("/replicator/remote/buckets/{bucket}")))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 204).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exhausted_orders_are_listed_paged_and_retried() {
+    let (a, mut b, _c) = three_sites(FAST).await;
+    create_bucket(&a, "failing").await;
+    converged_bucket(&b, "failing").await;
+    b.kill9();
+    let http = client();
+    let puts = (0..260).map(|i| {
+        let (http, url) = (
+            http.clone(),
+            a.url(&format!("/cloudclonestore/failing/f-{i:03}")),
+        );
+        async move {
+            assert_eq!(
+                http.post(url)
+                    .body(vec![i as u8; 100])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                201
+            )
+        }
+    });
+    futures::future::join_all(puts).await;
+    let keys = eventually(Duration::from_secs(60), "260 failed entries", || async {
+        let keys = all_failed(&a, "site-b").await;
+        (keys.len() >= 260).then_some(keys)
+    })
+    .await;
+    let mut unique = keys.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (keys.len(), unique.len()),
+        (260, 260),
+        "each failed entry exactly once across pages"
+    );
+    // The source shows FAILED for B; the per-object route lists it.
+    let (status, one) = backbeat_get(&a, "failed/failing/f-007").await;
+    assert_eq!(status, 200);
+    assert_eq!(one["Versions"][0]["StorageClass"], "site-b");
+    let r = client()
+        .head(a.url("/cloudclonestore/failing/f-007"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-clonecloudstore-replication-status"],
+        "FAILED"
+    );
+
+    b.restart();
+    for chunk in unique.chunks(100) {
+        let body: Vec<_> = chunk
+            .iter()
+            .map(|k| serde_json::json!({"Bucket": "failing", "Key": k, "StorageClass": "site-b"}))
+            .collect();
+        let r = reqwest::Client::new()
+            .post(a.url("/_/backbeat/api/crr/failed"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer.as_array().unwrap().len(), chunk.len());
+        assert!(answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["ReplicationStatus"] == "PENDING"));
+    }
+    assert!(
+        all_failed(&a, "site-b").await.is_empty(),
+        "retried entries leave the failed list"
+    );
+    for k in ["f-000", "f-131", "f-259"] {
+        let i: usize = k[2..].parse().unwrap();
+        converged(&b, "failing", k, &vec![i as u8; 100]).await;
+    }
+    eventually(Duration::from_secs(30), "nothing pending", || async {
+        let v: serde_json::Value = reqwest::get(a.url("/_/backbeat/api/metrics/crr/all/all"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["pending"]["results"]["count"] == 0
+            && v["completions"]["results"]["count"].as_i64()? >= 260)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn backbeat_errors_use_its_envelope() {
+    let a = Site::start("site-a", FAST);
+    let (status, v) = backbeat_get(&a, "failed?sitename=site-b&marker=abc").await;
+    assert_eq!(
+        (status, v["InvalidQueryParameter"].clone()),
+        (400, serde_json::json!(true))
+    );
+    let (status, _) = backbeat_get(&a, "failed?sitename=").await;
+    assert_eq!(status, 400);
+    let post = |body: &'static str| {
+        reqwest::Client::new()
+            .post(a.url("/_/backbeat/api/_/crr/failed"))
+            .body(body)
+            .send()
+    };
+    for bad in [
+        "",
+        "[]",
+        "{}",
+        "[1]",
+        r#"[{"Bucket":"b","Key":"k"}]"#,
+        r#"[{"Bucket":"b","Key":"","StorageClass":"s"}]"#,
+    ] {
+        let r = post(bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["MalformedPOSTRequest"], true, "{bad}");
+        assert_eq!(v["code"], 400);
+    }
+    // Unknown entries are skipped, not errors.
+    let r = post(r#"[{"Bucket":"b","Key":"k","StorageClass":"site-b"}]"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test]
+async fn paused_peer_gets_nothing_until_resumed() {
+    let (a, b, c) = three_sites(FAST).await;
+    create_bucket(&a, "paused").await;
+    converged_bucket(&b, "paused").await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.post(a.url("/_/backbeat/api/crr/pause/site-b"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, status) = backbeat_get(&a, "status").await;
+    assert_eq!(status["site-b"], "disabled");
+    assert_eq!(status["site-c"], "enabled");
+    for i in 0..5 {
+        put_object(&a, "paused", &format!("p{i}"), data(10_000, i)).await;
+    }
+    converged(&c, "paused", "p4", &data(10_000, 4)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // C got them; give B every chance to (wrongly) get them too
+    assert!(
+        !holds(&b, "paused", "p0").await,
+        "a paused peer receives nothing"
+    );
+    assert_eq!(
+        http.post(a.url("/_/backbeat/api/crr/resume/site-b"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for i in 0..5 {
+        converged(&b, "paused", &format!("p{i}"), &data(10_000, i)).await;
+    }
+    // A scheduled resume pauses now and reports when it resumes.
+    let r = http
+        .post(a.url("/_/backbeat/api/crr/resume/site-b/schedule"))
+        .json(&serde_json::json!({"hours": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, sched) = backbeat_get(&a, "resume/site-b/schedule").await;
+    assert!(sched["site-b"].as_str().unwrap().contains('T'), "{sched}");
+}
+
+#[tokio::test]
+async fn corrupt_source_bytes_never_become_a_replica() {
+    let (a, b, c) = three_sites(FAST).await;
+    create_bucket(&a, "corrupt").await;
+    converged_bucket(&b, "corrupt").await;
+    converged_bucket(&c, "corrupt").await;
+    let http = reqwest::Client::new();
+    http.post(a.url("/_/backbeat/api/crr/pause"))
+        .send()
+        .await
+        .unwrap();
+    let body = data(200_000, 9);
+    put_object(&a, "corrupt", "bad", body.clone()).await;
+    let file = object_file(&a, "corrupt", "bad");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100_000] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    http.post(a.url("/_/backbeat/api/crr/resume"))
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "failure recorded for both peers",
+        || async {
+            let failed = [
+                all_failed(&a, "site-b").await,
+                all_failed(&a, "site-c").await,
+            ];
+            failed
+                .iter()
+                .all(|f| f.contains(&"bad".to_owned()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!holds(&b, "corrupt", "bad").await);
+    assert!(!holds(&c, "corrupt", "bad").await);
+    assert!(a.metric("mirrorgate_hash_mismatches_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn kill9_during_replication_loses_nothing_and_doubles_nothing() {
+    let (mut a, mut b, c) = three_sites(
+        "[replication]\nmax_attempts = 100\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n",
+    )
+    .await;
+    create_bucket(&a, "crash").await;
+    let http = client();
+    let mut acknowledged = Vec::new();
+    for i in 0..150u64 {
+        let r = http
+            .post(a.url(&format!("/cloudclonestore/crash/c-{i:03}")))
+            .body(data(20_000, i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        acknowledged.push(i);
+        if i == 60 {
+            b.kill9(); // the receiving side dies mid-stream too
+        }
+        if i == 100 {
+            b.restart();
+        }
+    }
+    a.kill9();
+    a.restart();
+    for site in [&b, &c] {
+        eventually(
+            Duration::from_secs(90),
+            &format!("150 objects at {}", site.id),
+            || async {
+                let text = client()
+                    .put(site.url("/cloudclonestore/crash"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                (text.lines().count() == acknowledged.len()).then_some(())
+            },
+        )
+        .await;
+        for i in [0u64, 61, 99, 149] {
+            converged(site, "crash", &format!("c-{i:03}"), &data(20_000, i)).await;
+        }
+        assert_eq!(
+            std::fs::read_dir(site.dir.join("tmp")).unwrap().count(),
+            0,
+            "no orphan temporaries"
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        "no order left at the source",
+        || async {
+            let v: serde_json::Value =
+                reqwest::get(a.url("/_/backbeat/api/metrics/crr/all/pending"))
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+            (v["pending"]["results"]["count"] == 0).then_some(())
+        },
+    )
+    .await;
+    assert!(all_failed(&a, "site-b").await.is_empty() && all_failed(&a, "site-c").await.is_empty());
+}

@@ -133,10 +133,14 @@ impl Site {
         c.wait().unwrap()
     }
 
-    /// Starts the same site again (same data dir and config; a new port).
+    /// Starts the same site again after a kill -9: same data dir, config and port, so its peers
+    /// reach it at the same URL.
     pub fn restart(&mut self) {
         self.kill9();
-        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        let config = std::fs::read_to_string(&self.config_path).unwrap().replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", self.addr),
+        );
         let tmp = self._tmp.take();
         let mut fresh = Site::spawn_with(&self.id, &self.dir, &config);
         fresh._tmp = tmp;
