@@ -65,7 +65,11 @@ fn text_bytes(n: usize) -> Vec<u8> {
         let i = ((r & 0xfff).min((r >> 12) & 0xfff)) as usize;
         out.extend_from_slice(&vocabulary[i]);
         words += 1;
-        out.push(if words % 12 == 0 { b'\n' } else { b' ' });
+        out.push(if words.is_multiple_of(12) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     out.truncate(n);
     out
@@ -185,7 +189,9 @@ fn zstd(c: &mut Criterion) {
         .sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Bytes(TOTAL as u64));
     g.bench_function("encode", |b| {
-        b.iter(|| rt.block_on(async { black_box(drain(zstd_encode(from_chunks(plain.clone()))).await) }))
+        b.iter(|| {
+            rt.block_on(async { black_box(drain(zstd_encode(from_chunks(plain.clone()))).await) })
+        })
     });
     g.bench_function("encode_raw", |b| {
         b.iter(|| {
