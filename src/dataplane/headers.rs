@@ -69,9 +69,9 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| Error::bad_request(format!("header {name} is not valid text")))?
+            // UTF-8 is accepted: clients send metadata values as they are.
+            let s = std::str::from_utf8(v.as_bytes())
+                .map_err(|_| Error::bad_request(format!("header {name} is not valid UTF-8")))?
                 .trim();
             Ok((!s.is_empty()).then_some(s))
         }
