@@ -46,7 +46,12 @@ pub struct Verify {
 }
 
 impl Verify {
-    pub fn new(inner: ByteStream, expected_hash: &str, expected_size: u64, on_mismatch: OnMismatch) -> Self {
+    pub fn new(
+        inner: ByteStream,
+        expected_hash: &str,
+        expected_size: u64,
+        on_mismatch: OnMismatch,
+    ) -> Self {
         Self {
             inner,
             hasher: Sha256::new(),
@@ -61,7 +66,12 @@ impl Verify {
     }
 
     /// Verifies a zstd stream that is forwarded compressed.
-    pub fn compressed(inner: ByteStream, expected_hash: &str, expected_size: u64, on_mismatch: OnMismatch) -> Result<Self> {
+    pub fn compressed(
+        inner: ByteStream,
+        expected_hash: &str,
+        expected_size: u64,
+        on_mismatch: OnMismatch,
+    ) -> Result<Self> {
         let decoder = Decoder::new().map_err(|e| Error::internal(format!("zstd: {e}")))?;
         let mut v = Self::new(inner, expected_hash, expected_size, on_mismatch);
         v.decoder = Some((decoder, vec![0u8; CODEC_CHUNK]));
@@ -101,11 +111,17 @@ impl Verify {
         self.done = true;
         let actual = hash::encode(&std::mem::take(&mut self.hasher).finalize());
         if self.seen != self.expected_size {
-            let what = format!("size mismatch: {} bytes, expected {}", self.seen, self.expected_size);
+            let what = format!(
+                "size mismatch: {} bytes, expected {}",
+                self.seen, self.expected_size
+            );
             return Some(Err(self.fail(what)));
         }
         if actual != self.expected_hash {
-            let what = format!("hash mismatch: bytes hash {actual}, expected {}", self.expected_hash);
+            let what = format!(
+                "hash mismatch: bytes hash {actual}, expected {}",
+                self.expected_hash
+            );
             return Some(Err(self.fail(what)));
         }
         self.held.take().map(Ok)
@@ -124,7 +140,9 @@ impl Stream for Verify {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     if let Err(e) = self.absorb(&chunk) {
-                        return Poll::Ready(Some(Err(self.fail(format!("corrupt zstd stream: {e}")))));
+                        return Poll::Ready(Some(Err(
+                            self.fail(format!("corrupt zstd stream: {e}"))
+                        )));
                     }
                     if self.seen > self.expected_size {
                         let what = format!(
@@ -155,7 +173,7 @@ pub fn zstd_encode(input: ByteStream) -> ByteStream {
 /// Decompresses a zstd stream on a blocking thread; output comes in bounded chunks, so a
 /// decompression bomb cannot grow memory.
 pub fn zstd_decode(input: ByteStream) -> ByteStream {
-    codec_pipeline(input, || Decoder::new(), false)
+    codec_pipeline(input, Decoder::new, false)
 }
 
 fn codec_error(e: impl std::fmt::Display, encode: bool) -> Error {
@@ -364,12 +382,22 @@ mod tests {
     async fn verify_compressed_checks_the_uncompressed_bytes() {
         let data = sample(2_000_000);
         let compressed = zstd::encode_all(&data[..], 1).unwrap();
-        let good = Verify::compressed(from_chunks(chunks(&compressed, 70_000)), &hash::of(&data), data.len() as u64, Box::new(|_| panic!()))
-            .unwrap();
+        let good = Verify::compressed(
+            from_chunks(chunks(&compressed, 70_000)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(|_| panic!()),
+        )
+        .unwrap();
         assert_eq!(collect(Box::pin(good)).await.unwrap(), compressed);
         let other = sample(2_000_001);
-        let bad = Verify::compressed(from_chunks(chunks(&compressed, 70_000)), &hash::of(&other), other.len() as u64, Box::new(|_| {}))
-            .unwrap();
+        let bad = Verify::compressed(
+            from_chunks(chunks(&compressed, 70_000)),
+            &hash::of(&other),
+            other.len() as u64,
+            Box::new(|_| {}),
+        )
+        .unwrap();
         assert!(collect(Box::pin(bad)).await.is_err());
     }
 

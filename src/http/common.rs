@@ -91,11 +91,9 @@ pub async fn common_protocol(mut req: Request, next: Next) -> Response {
         headers.insert(OP_ID, v);
     }
     headers.insert(MODULE, HeaderValue::from_static(module));
-    if status.is_client_error() || status.is_server_error() {
-        if !headers.contains_key(&ERROR) {
-            let reason = status.canonical_reason().unwrap_or("error");
-            headers.insert(ERROR, HeaderValue::from_static(reason));
-        }
+    if (status.is_client_error() || status.is_server_error()) && !headers.contains_key(&ERROR) {
+        let reason = status.canonical_reason().unwrap_or("error");
+        headers.insert(ERROR, HeaderValue::from_static(reason));
     }
     metrics::counter!("mirrorgate_requests_total", "family" => family, "status" => status.as_u16().to_string())
         .increment(1);
