@@ -14,6 +14,9 @@ const ERROR: &str = "x-clonecloudstore-error";
 const TYPE: &str = "x-clonecloudstore-type";
 const OTHER: &str = "client-2";
 
+/// Listing filter headers.
+type Filter = Vec<(&'static str, String)>;
+
 fn ccs(site: &Site, path: &str) -> String {
     site.url(&format!("/cloudclonestore{path}"))
 }
@@ -474,7 +477,7 @@ async fn listing_filters() {
             .unwrap()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
-    let cases: Vec<(Vec<(&str, String)>, Vec<&str>)> = vec![
+    let cases: Vec<(Filter, Vec<&str>)> = vec![
         (vec![], vec!["a/1", "a/2", "b/3"]),
         (
             vec![("x-clonecloudstore-namePrefix", "a/".into())],
