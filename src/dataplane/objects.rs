@@ -92,11 +92,12 @@ pub async fn store(
             Ok(obj)
         }
         Err(e) => {
-            guard.disarm();
+            // The guard stays armed while cancelling, so a drop in between still cancels.
             state
                 .meta
                 .cancel_upload(&obj.bucket, &obj.name, &obj.id)
                 .await?;
+            guard.disarm();
             Err(e)
         }
     }
