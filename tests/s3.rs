@@ -150,11 +150,14 @@ impl std::ops::Deref for S3Site {
     }
 }
 
-fn s3_config(id: &str, dir: &Path, endpoint: &str, secret: &str) -> String {
+/// A site config on S3; without `secret` the keys are left to the AWS credential chain.
+fn s3_config(id: &str, dir: &Path, endpoint: &str, secret: Option<&str>) -> String {
+    let keys = secret
+        .map(|s| format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{s}\"\n"))
+        .unwrap_or_default();
     format!(
         "[site]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
-         [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n\
-         access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{secret}\"\n\
+         [storage]\nbackend = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n{keys}\
          force_path_style = true\nbucket_prefix = \"{PREFIX}\"\n\
          [replication]\nenabled = false\n",
         dir.display()
@@ -167,7 +170,7 @@ fn start_s3_site(id: &str, s3: &S3Server) -> S3Site {
 
 fn start_s3_site_with_secret(id: &str, s3: &S3Server, secret: &str) -> S3Site {
     let dir = tempfile::tempdir().unwrap();
-    let config = s3_config(id, dir.path(), &s3.endpoint(), secret);
+    let config = s3_config(id, dir.path(), &s3.endpoint(), Some(secret));
     // The S3 server runs on this runtime: let it serve while the site starts.
     let site = tokio::task::block_in_place(|| Site::spawn_with(id, dir.path(), &config));
     S3Site { site, _dir: dir }
@@ -585,11 +588,12 @@ async fn put_directly(s3: &S3Server, bucket: &str, key: &str, body: &[u8], sha_k
     put.send().await.unwrap();
 }
 
-fn run_import(config: &Path, bucket: &str) -> String {
+fn run_import(config: &Path, bucket: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
         .args(["import", "--config"])
         .arg(config)
         .args(["--bucket", bucket, "--client-id", CLIENT])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -656,10 +660,10 @@ async fn import_registers_an_existing_bucket_and_is_harmless_to_rerun() {
     let config_path = dir.path().join("mirrorgate.toml");
     std::fs::write(
         &config_path,
-        s3_config("site-import", dir.path(), &s3.endpoint(), SECRET_KEY),
+        s3_config("site-import", dir.path(), &s3.endpoint(), Some(SECRET_KEY)),
     )
     .unwrap();
-    let first = tokio::task::block_in_place(|| run_import(&config_path, "legacy"));
+    let first = tokio::task::block_in_place(|| run_import(&config_path, "legacy", &[]));
     assert!(
         first.contains(&format!("registered {} objects", many + 4)),
         "{first}"
@@ -689,9 +693,20 @@ async fn import_registers_an_existing_bucket_and_is_harmless_to_rerun() {
         (200, b"object 1004".as_slice())
     );
 
-    // Again, with one new object: only that one is registered.
+    // Again, with one new object: only that one is registered. This time the credentials come
+    // from the standard AWS environment instead of the config.
     put_directly(&s3, "legacy", "late.txt", b"late", None).await;
-    let second = tokio::task::block_in_place(|| run_import(&config_path, "legacy"));
+    let env_config = dir.path().join("from-env.toml");
+    std::fs::write(
+        &env_config,
+        s3_config("site-import", dir.path(), &s3.endpoint(), None),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let second = tokio::task::block_in_place(|| run_import(&env_config, "legacy", &env));
     assert!(second.contains("registered 1 objects"), "{second}");
     assert!(
         second.contains(&format!("{} already registered", many + 4)),
