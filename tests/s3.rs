@@ -664,6 +664,7 @@ async fn import_registers_an_existing_bucket_and_is_harmless_to_rerun() {
     )
     .unwrap();
     let first = tokio::task::block_in_place(|| run_import(&config_path, "legacy", &[]));
+    eprintln!("first import: {first}");
     assert!(
         first.contains(&format!("registered {} objects", many + 4)),
         "{first}"
