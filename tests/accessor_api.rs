@@ -36,8 +36,16 @@ fn assert_error(r: &Response, status: u16, what: &str) {
     assert!(header(r, MODULE).is_some(), "{what}: module missing");
 }
 
+/// Sends a request; every answer, success or error, carries an op-id and the module.
 async fn send(client: &reqwest::Client, method: Method, url: String) -> Response {
-    client.request(method, url).send().await.unwrap()
+    let what = format!("{method} {url}");
+    let r = client.request(method, url).send().await.unwrap();
+    assert!(
+        header(&r, OP_ID).is_some_and(|v| !v.is_empty()),
+        "{what}: op-id"
+    );
+    assert!(header(&r, MODULE).is_some(), "{what}: module");
+    r
 }
 
 async fn head_type(client: &reqwest::Client, url: String) -> (u16, String) {
@@ -126,6 +134,18 @@ async fn common_headers_on_every_answer() {
 
     let unknown = send(&c, Method::GET, site.url("/no/such/route")).await;
     assert_error(&unknown, 404, "unknown route");
+    let wrong_method = send(&c, Method::PATCH, ccs(&site, "/bucket-1")).await;
+    assert_error(&wrong_method, 405, "method not allowed");
+
+    // An op-id that cannot be one (too long) is replaced by a generated one.
+    let long = "x".repeat(500);
+    let replaced = c
+        .get(ccs(&site, ""))
+        .header(OP_ID, &long)
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&replaced, OP_ID).is_some_and(|v| !v.is_empty() && v != long));
 }
 
 #[tokio::test]

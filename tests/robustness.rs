@@ -497,6 +497,7 @@ async fn sigterm_drains_a_download_in_flight() {
     })
     .await;
     assert!(received < body.len(), "the download is still in flight");
+    assert!(!exit.is_finished(), "the process waits for the download");
 
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("the download completes during the drain");
