@@ -336,28 +336,19 @@ async fn oversized_headers_are_refused() {
     if let Ok(r) = r {
         assert_eq!(r.status(), 431);
     }
-    let (status, _) = raw_request_status(&site, &"y".repeat(70 * 1024)).await;
-    assert_eq!(status, 431);
+    assert_eq!(raw_request_status(&site, &"y".repeat(70 * 1024)).await, 431);
     let health = reqwest::get(site.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200, "the server keeps serving");
 }
 
-/// GET with one padding header over raw TCP; answers the status line's code and the reply.
-async fn raw_request_status(site: &Site, padding: &str) -> (u16, String) {
+/// GET with one padding header over raw TCP; answers the reply's status.
+async fn raw_request_status(site: &Site, padding: &str) -> u16 {
     let mut s = TcpStream::connect(&site.addr).await.unwrap();
     let req = format!(
         "GET /cloudclonestore HTTP/1.1\r\nhost: x\r\nx-clonecloudstore-client-id: {CLIENT}\r\nx-padding: {padding}\r\n\r\n"
     );
     let _ = s.write_all(req.as_bytes()).await;
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut reply)).await;
-    let text = String::from_utf8_lossy(&reply).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    read_status(&mut s).await
 }
 
 #[tokio::test]
@@ -470,14 +461,26 @@ async fn restart_after_kill9_keeps_ready_objects_and_forgets_unfinished_ones() {
     assert_forgotten(&site, "unfinished").await;
 }
 
+/// Reads an HTTP/1.1 reply off a raw socket until the server closes it; answers the status.
+async fn read_status(socket: &mut TcpStream) -> u16 {
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
-async fn sigterm_drains_a_download_in_flight() {
+async fn sigterm_drains_streams_in_flight() {
     let site = Site::start("site-a", "");
     create_bucket(&site, BUCKET).await;
     let body = data(64 << 20, 9);
     put_object(&site, BUCKET, "big", body.clone()).await;
     let (addr, log) = (site.addr.clone(), site.log.clone());
 
+    // A download that has started, and an upload whose body is half sent.
     let r = client().get(object_url(&site, "big")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
@@ -486,10 +489,16 @@ async fn sigterm_drains_a_download_in_flight() {
     let first = stream.next().await.unwrap().unwrap();
     hasher.update(&first);
     received += first.len();
+    let (declared, sent) = (4 << 20, 2 << 20);
+    let mut upload = partial_upload(&site, "late", declared, sent).await;
+    wait_upload_in_progress(&site, "late").await;
 
     let mut site = site;
-    let exit = tokio::task::spawn_blocking(move || site.terminate());
-    // The server stops accepting while our download is still open.
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = site.terminate();
+        (site, status)
+    });
+    // The server stops accepting while our streams are still open.
     eventually(WAIT, "shutdown started", || async {
         let draining = log.lock().unwrap().contains("shutting down");
         let refused = TcpStream::connect(&addr).await.is_err();
@@ -497,8 +506,14 @@ async fn sigterm_drains_a_download_in_flight() {
     })
     .await;
     assert!(received < body.len(), "the download is still in flight");
-    assert!(!exit.is_finished(), "the process waits for the download");
+    assert!(!exit.is_finished(), "the process waits for its streams");
 
+    upload.write_all(&data(declared, 3)[sent..]).await.unwrap();
+    assert_eq!(
+        read_status(&mut upload).await,
+        201,
+        "the upload completes during the drain"
+    );
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("the download completes during the drain");
         hasher.update(&chunk);
@@ -509,9 +524,19 @@ async fn sigterm_drains_a_download_in_flight() {
         mirrorgate::hash::encode(&hasher.finalize()),
         ccs_hash(&body)
     );
-    let status = tokio::time::timeout(WAIT, exit)
+    let (mut site, status) = tokio::time::timeout(WAIT, exit)
         .await
         .expect("the process exits")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+
+    // The upload finished during the drain is there after a restart.
+    site.restart();
+    let late = client()
+        .get(object_url(&site, "late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 200);
+    assert_eq!(late.bytes().await.unwrap(), data(declared, 3));
 }
