@@ -249,16 +249,33 @@ fn bad_requests() -> Vec<BadRequest> {
         ),
     ];
     for path in ["/nowhere", "/cloudclonestorex", "/administration/unknown"] {
-        cases.push(BadRequest {
-            what: "unknown route",
-            method: Method::GET,
-            path: path.into(),
-            headers: vec![],
-            body: vec![],
-            status: 404,
-        });
+        cases.push(on(Method::GET, "unknown route", path, 404));
+    }
+    for method in [Method::GET, Method::HEAD, Method::DELETE] {
+        for path in [
+            "/cloudclonestore/BAD/obj",
+            "/cloudclonestore/bucket-1/sp%20ace",
+        ] {
+            cases.push(on(
+                method.clone(),
+                "invalid name on a read or delete",
+                path,
+                400,
+            ));
+        }
     }
     cases
+}
+
+fn on(method: Method, what: &'static str, path: &str, status: u16) -> BadRequest {
+    BadRequest {
+        what,
+        method,
+        path: path.into(),
+        headers: vec![],
+        body: vec![],
+        status,
+    }
 }
 
 async fn send_bad(site: &Site, case: &BadRequest) -> Response {

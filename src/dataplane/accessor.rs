@@ -374,6 +374,8 @@ async fn head_object(
     OpId(op_id): OpId,
     Path((bucket, name)): Path<(String, String)>,
 ) -> Result<Response> {
+    // Invalid names are the client's error (400), not something to look for elsewhere.
+    check_bucket(&bucket)?;
     check_object(&name)?;
     let local = match readable_bucket(&state, &client, &bucket).await {
         Ok(_) => object_type(&state, &bucket, &name).await?,
