@@ -13,7 +13,9 @@ use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use super::accessor::{object_response, object_type, readable_bucket, readable_object, type_header};
+use super::accessor::{
+    object_response, object_type, readable_bucket, readable_object, type_header,
+};
 use super::headers::{wants_json, wants_zstd, HASH, SIZE};
 use super::objects;
 use super::stream::Verify;
@@ -26,10 +28,22 @@ use crate::topology::{Caller, Located, Target};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/replicator/remote/buckets/{bucket}", get(remote_get_bucket).head(remote_head_bucket))
-        .route("/replicator/remote/buckets/{bucket}/{*object}", get(remote_get_object).head(remote_head_object))
-        .route("/replicator/local/buckets/{bucket}", get(local_get_bucket).head(local_head_bucket))
-        .route("/replicator/local/buckets/{bucket}/{*object}", get(local_get_object).head(local_head_object))
+        .route(
+            "/replicator/remote/buckets/{bucket}",
+            get(remote_get_bucket).head(remote_head_bucket),
+        )
+        .route(
+            "/replicator/remote/buckets/{bucket}/{*object}",
+            get(remote_get_object).head(remote_head_object),
+        )
+        .route(
+            "/replicator/local/buckets/{bucket}",
+            get(local_get_bucket).head(local_head_bucket),
+        )
+        .route(
+            "/replicator/local/buckets/{bucket}/{*object}",
+            get(local_get_object).head(local_head_object),
+        )
 }
 
 #[derive(Deserialize, Default)]
@@ -45,11 +59,19 @@ fn not_found_none() -> Response {
 
 // ---- remote: this site's own store -------------------------------------------------------
 
-async fn remote_get_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Json<Bucket>> {
+async fn remote_get_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(bucket): Path<String>,
+) -> Result<Json<Bucket>> {
     Ok(Json(readable_bucket(&state, &client, &bucket).await?))
 }
 
-async fn remote_head_bucket(State(state): State<AppState>, ClientId(client): ClientId, Path(bucket): Path<String>) -> Result<Response> {
+async fn remote_head_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path(bucket): Path<String>,
+) -> Result<Response> {
     Ok(match readable_bucket(&state, &client, &bucket).await {
         Ok(_) => no_content(type_header("BUCKET")),
         Err(e) if e.kind == Kind::BadRequest => return Err(e),
@@ -100,7 +122,12 @@ async fn remote_head_object(
 // ---- local: through the topology ---------------------------------------------------------
 
 fn pinned(headers: &HeaderMap) -> Option<String> {
-    headers.get(&TARGET_ID).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+    headers
+        .get(&TARGET_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 fn with_target(mut resp: Response, site: &str) -> Response {
@@ -118,7 +145,10 @@ async fn local_head_bucket(
     req_headers: HeaderMap,
 ) -> Result<Response> {
     super::names::check_bucket(&bucket)?;
-    let target = Target { bucket, object: None };
+    let target = Target {
+        bucket,
+        object: None,
+    };
     head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
 }
 
@@ -131,13 +161,29 @@ async fn local_head_object(
 ) -> Result<Response> {
     super::names::check_bucket(&bucket)?;
     super::names::check_object(&name)?;
-    let target = Target { bucket, object: Some(name) };
+    let target = Target {
+        bucket,
+        object: Some(name),
+    };
     head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
 }
 
-async fn head_through(state: &AppState, target: &Target, client: &str, op_id: &str, pinned: Option<String>) -> Result<Response> {
-    let caller = Caller { client_id: client, op_id };
-    match state.topology.locate(target, &caller, pinned.as_deref()).await? {
+async fn head_through(
+    state: &AppState,
+    target: &Target,
+    client: &str,
+    op_id: &str,
+    pinned: Option<String>,
+) -> Result<Response> {
+    let caller = Caller {
+        client_id: client,
+        op_id,
+    };
+    match state
+        .topology
+        .locate(target, &caller, pinned.as_deref())
+        .await?
+    {
         Some(Located { site, kind }) => {
             let kind: &'static str = match kind.as_str() {
                 "OBJECT" => "OBJECT",
@@ -158,8 +204,21 @@ async fn local_get_bucket(
     req_headers: HeaderMap,
 ) -> Result<Response> {
     super::names::check_bucket(&bucket)?;
-    let target = Target { bucket, object: None };
-    fetch_through(&state, &target, &Caller { client_id: &client, op_id: &op_id }, pinned(&req_headers), &req_headers).await
+    let target = Target {
+        bucket,
+        object: None,
+    };
+    fetch_through(
+        &state,
+        &target,
+        &Caller {
+            client_id: &client,
+            op_id: &op_id,
+        },
+        pinned(&req_headers),
+        &req_headers,
+    )
+    .await
 }
 
 async fn local_get_object(
@@ -171,12 +230,25 @@ async fn local_get_object(
 ) -> Result<Response> {
     super::names::check_bucket(&bucket)?;
     super::names::check_object(&name)?;
-    let target = Target { bucket, object: Some(name) };
-    fetch_through(&state, &target, &Caller { client_id: &client, op_id: &op_id }, pinned(&req_headers), &req_headers).await
+    let target = Target {
+        bucket,
+        object: Some(name),
+    };
+    fetch_through(
+        &state,
+        &target,
+        &Caller {
+            client_id: &client,
+            op_id: &op_id,
+        },
+        pinned(&req_headers),
+        &req_headers,
+    )
+    .await
 }
 
-/// Locates the target and streams it from the site holding it. A cached location that turns
-/// out stale is dropped and the lookup done once more.
+/// Locates the target and streams it from the site holding it. A location that turns out
+/// stale (the site lost it, or is unreachable) is dropped and the lookup done once more.
 pub async fn fetch_through(
     state: &AppState,
     target: &Target,
@@ -185,17 +257,35 @@ pub async fn fetch_through(
     req_headers: &HeaderMap,
 ) -> Result<Response> {
     for attempt in 0..2 {
-        let Some(located) = state.topology.locate(target, caller, pinned.as_deref()).await? else {
-            return Err(Error::not_found(format!("{} not found at any site", describe(target))));
+        let Some(located) = state
+            .topology
+            .locate(target, caller, pinned.as_deref())
+            .await?
+        else {
+            return Err(Error::not_found(format!(
+                "{} not found at any site",
+                describe(target)
+            )));
         };
         match fetch_from(state, &located, target, caller, req_headers).await {
-            Err(e) if e.kind == Kind::NotFound && attempt == 0 && pinned.is_none() => {
-                state.topology.invalidate(&target.bucket, target.object.as_deref());
+            Err(e) if attempt == 0 && pinned.is_none() && worth_another_lookup(&e) => {
+                state
+                    .topology
+                    .invalidate(&target.bucket, target.object.as_deref());
             }
             other => return other.map(|resp| with_target(resp, &located.site.id)),
         }
     }
-    Err(Error::not_found(format!("{} not found at any site", describe(target))))
+    Err(Error::not_found(format!(
+        "{} not found at any site",
+        describe(target)
+    )))
+}
+
+/// The site no longer has it, or cannot be reached: the location (maybe cached) is stale,
+/// another site may hold a copy.
+fn worth_another_lookup(e: &Error) -> bool {
+    matches!(e.kind, Kind::NotFound | Kind::Gone | Kind::BadGateway)
 }
 
 fn describe(t: &Target) -> String {
@@ -206,12 +296,23 @@ fn describe(t: &Target) -> String {
 }
 
 /// GETs the target from one site and relays the answer; object bytes are verified on the way.
-async fn fetch_from(state: &AppState, located: &Located, target: &Target, caller: &Caller<'_>, req_headers: &HeaderMap) -> Result<Response> {
+async fn fetch_from(
+    state: &AppState,
+    located: &Located,
+    target: &Target,
+    caller: &Caller<'_>,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
     let site = &located.site;
     let url = format!("{}{}", site.uri.trim_end_matches('/'), target.remote_path());
     let json = target.object.is_none() || wants_json(req_headers);
     let zstd = !json && wants_zstd(req_headers);
-    let mut request = state.topology.client().get(&url).header(CLIENT_ID, caller.client_id).header(OP_ID, caller.op_id);
+    let mut request = state
+        .topology
+        .client()
+        .get(&url)
+        .header(CLIENT_ID, caller.client_id)
+        .header(OP_ID, caller.op_id);
     if json {
         request = request.header(header::ACCEPT, "application/json");
     } else {
@@ -223,7 +324,12 @@ async fn fetch_from(state: &AppState, located: &Located, target: &Target, caller
     let started = Instant::now();
     let resp = request.send().await;
     state.topology.record(&site.id, resp.is_ok(), started);
-    let resp = resp.map_err(|e| Error::upstream(Kind::BadGateway, format!("site {} unreachable: {e}", site.id)))?;
+    let resp = resp.map_err(|e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("site {} unreachable: {e}", site.id),
+        )
+    })?;
     if !resp.status().is_success() {
         return Err(relay_error(&site.id, &resp));
     }
@@ -247,8 +353,19 @@ async fn fetch_from(state: &AppState, located: &Located, target: &Target, caller
 
 /// The peer's body as a stream; object bytes are wrapped in verification of the size and
 /// hash the peer announced.
-fn relay_body(site: &str, resp: reqwest::Response, op_id: &str, zstd: bool, json: bool) -> Result<ByteStream> {
-    let header_text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+fn relay_body(
+    site: &str,
+    resp: reqwest::Response,
+    op_id: &str,
+    zstd: bool,
+    json: bool,
+) -> Result<ByteStream> {
+    let header_text = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let expected_hash = header_text(HASH);
     let expected_size = header_text(SIZE).and_then(|s| s.parse::<u64>().ok());
     let raw = into_stream(resp, site.to_owned());
@@ -256,7 +373,10 @@ fn relay_body(site: &str, resp: reqwest::Response, op_id: &str, zstd: bool, json
         return Ok(raw);
     }
     let (Some(hash), Some(size)) = (expected_hash, expected_size) else {
-        return Err(Error::upstream(Kind::BadGateway, format!("site {site} sent an object without size and hash")));
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            format!("site {site} sent an object without size and hash"),
+        ));
     };
     let (op_id, peer) = (op_id.to_owned(), site.to_owned());
     let on_mismatch = Box::new(move |what: &str| {
@@ -286,9 +406,17 @@ fn relay_error(site: &str, resp: &reqwest::Response) -> Error {
         StatusCode::NOT_ACCEPTABLE => Kind::NotAcceptable,
         _ => Kind::BadGateway,
     };
-    Error::upstream(kind, format!("site {site} answered {}: {message}", resp.status()))
+    Error::upstream(
+        kind,
+        format!("site {site} answered {}: {message}", resp.status()),
+    )
 }
 
 fn into_stream(resp: reqwest::Response, site: String) -> ByteStream {
-    Box::pin(resp.bytes_stream().map_err(move |e| Error::upstream(Kind::BadGateway, format!("stream from site {site} broke: {e}"))))
+    Box::pin(resp.bytes_stream().map_err(move |e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("stream from site {site} broke: {e}"),
+        )
+    }))
 }

@@ -76,7 +76,12 @@ pub struct TopologyService {
 const PEERS_REFRESH: Duration = Duration::from_secs(5);
 
 impl TopologyService {
-    pub fn new(self_id: String, config: TopologyConfig, meta: MetaStore, client: reqwest::Client) -> Self {
+    pub fn new(
+        self_id: String,
+        config: TopologyConfig,
+        meta: MetaStore,
+        client: reqwest::Client,
+    ) -> Self {
         Self {
             self_id,
             config,
@@ -96,14 +101,20 @@ impl TopologyService {
         Duration::from_millis(self.config.peer_timeout_ms)
     }
 
-    /// Forget the cached peer list (the administration API changed it).
+    /// Forget the cached peer list (the administration API changed it), and every cached
+    /// answer with it: a site that left may be cached as a holder, one that joined may hold
+    /// what is cached as found nowhere.
     pub fn peers_changed(&self) {
         *self.peers.write().expect("peers lock") = None;
+        self.cache.clear();
     }
 
     /// Drop what the cache knows about a bucket or object (a write or an order touched it).
     pub fn invalidate(&self, bucket: &str, object: Option<&str>) {
-        self.cache.remove(&Target { bucket: bucket.to_owned(), object: object.map(str::to_owned) });
+        self.cache.remove(&Target {
+            bucket: bucket.to_owned(),
+            object: object.map(str::to_owned),
+        });
         if object.is_none() {
             self.cache.retain(|k, _| k.bucket != bucket);
         }
@@ -138,7 +149,12 @@ impl TopologyService {
     }
 
     /// Finds a site holding the target. `pinned` restricts the search to that site.
-    pub async fn locate(&self, target: &Target, caller: &Caller<'_>, pinned: Option<&str>) -> Result<Option<Located>> {
+    pub async fn locate(
+        &self,
+        target: &Target,
+        caller: &Caller<'_>,
+        pinned: Option<&str>,
+    ) -> Result<Option<Located>> {
         if let Some(site) = pinned {
             let peer = self.peer(site).await?;
             return self.ask(&peer, target, caller).await;
@@ -162,15 +178,21 @@ impl TopologyService {
         while let Some(answer) = asked.next().await {
             match answer {
                 Ok(Some(found)) => {
-                    metrics::counter!("mirrorgate_topology_lookups_total", "result" => "found").increment(1);
-                    self.remember(target, Cached::Found(found.clone()), self.config.positive_ttl_ms);
+                    metrics::counter!("mirrorgate_topology_lookups_total", "result" => "found")
+                        .increment(1);
+                    self.remember(
+                        target,
+                        Cached::Found(found.clone()),
+                        self.config.positive_ttl_ms,
+                    );
                     return Ok(Some(found));
                 }
                 Ok(None) => {}
                 Err(_) => clean = false,
             }
         }
-        metrics::counter!("mirrorgate_topology_lookups_total", "result" => "not_found").increment(1);
+        metrics::counter!("mirrorgate_topology_lookups_total", "result" => "not_found")
+            .increment(1);
         if clean {
             self.remember(target, Cached::Missing, self.config.negative_ttl_ms);
         }
@@ -193,12 +215,16 @@ impl TopologyService {
     fn remember(&self, target: &Target, value: Cached, ttl_ms: u64) {
         if ttl_ms > 0 {
             let until = Instant::now() + Duration::from_millis(ttl_ms);
-            self.cache.insert(target.clone(), CacheEntry { value, until });
+            self.cache
+                .insert(target.clone(), CacheEntry { value, until });
         }
     }
 
     fn is_skipped(&self, peer: &str) -> bool {
-        self.health.get(peer).and_then(|h| h.skip_until).is_some_and(|until| until > Instant::now())
+        self.health
+            .get(peer)
+            .and_then(|h| h.skip_until)
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// Records the outcome of a call to a peer (for skipping peers that keep failing).
@@ -210,18 +236,42 @@ impl TopologyService {
             h.consecutive_failures = 0;
             h.skip_until = None;
         } else {
-            metrics::counter!("mirrorgate_peer_errors_total", "peer" => peer.to_owned()).increment(1);
+            metrics::counter!("mirrorgate_peer_errors_total", "peer" => peer.to_owned())
+                .increment(1);
             h.consecutive_failures += 1;
             if h.consecutive_failures >= self.config.peer_failure_threshold {
-                h.skip_until = Some(Instant::now() + Duration::from_millis(self.config.peer_backoff_ms));
-                tracing::warn!(peer, failures = h.consecutive_failures, "peer keeps failing: skipped for a while");
+                h.skip_until =
+                    Some(Instant::now() + Duration::from_millis(self.config.peer_backoff_ms));
+                tracing::warn!(
+                    peer,
+                    failures = h.consecutive_failures,
+                    "peer keeps failing: skipped for a while"
+                );
+            }
+            let newly_failing = h.consecutive_failures == 1;
+            drop(h);
+            if newly_failing {
+                self.forget_site(peer);
             }
         }
     }
 
+    /// Drops every cached location at a site that just failed, so no later lookup is sent
+    /// to it from the cache. Done once per failure episode: a failing site answers no
+    /// lookup positively, so nothing new gets cached at it meanwhile.
+    fn forget_site(&self, peer: &str) {
+        self.cache
+            .retain(|_, e| !matches!(&e.value, Cached::Found(l) if l.site.id == peer));
+    }
+
     /// Asks one peer whether it holds the target: Some on 204 with a positive type, None on
     /// 404, Err on anything else (timeout, connection error, 5xx).
-    async fn ask(&self, peer: &Topology, target: &Target, caller: &Caller<'_>) -> Result<Option<Located>> {
+    async fn ask(
+        &self,
+        peer: &Topology,
+        target: &Target,
+        caller: &Caller<'_>,
+    ) -> Result<Option<Located>> {
         let started = Instant::now();
         let url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
         let sent = self
@@ -234,17 +284,36 @@ impl TopologyService {
             .await;
         let answer = match sent {
             Ok(resp) if resp.status().is_success() => {
-                let kind = resp.headers().get(TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let kind = resp
+                    .headers()
+                    .get(TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
                 if matches!(kind.as_str(), "OBJECT" | "BUCKET" | "DIRECTORY") {
-                    Ok(Some(Located { site: peer.clone(), kind }))
+                    Ok(Some(Located {
+                        site: peer.clone(),
+                        kind,
+                    }))
                 } else {
                     Ok(None)
                 }
             }
-            Ok(resp) if resp.status() == http::StatusCode::NOT_FOUND || resp.status() == http::StatusCode::GONE => Ok(None),
+            Ok(resp)
+                if resp.status() == http::StatusCode::NOT_FOUND
+                    || resp.status() == http::StatusCode::GONE =>
+            {
+                Ok(None)
+            }
             Ok(resp) if resp.status().is_client_error() => Ok(None),
-            Ok(resp) => Err(Error::upstream(Kind::BadGateway, format!("site {} answered {}", peer.id, resp.status()))),
-            Err(e) => Err(Error::upstream(Kind::BadGateway, format!("site {} unreachable: {e}", peer.id))),
+            Ok(resp) => Err(Error::upstream(
+                Kind::BadGateway,
+                format!("site {} answered {}", peer.id, resp.status()),
+            )),
+            Err(e) => Err(Error::upstream(
+                Kind::BadGateway,
+                format!("site {} unreachable: {e}", peer.id),
+            )),
         };
         self.record(&peer.id, answer.is_ok(), started);
         if let Err(e) = &answer {
