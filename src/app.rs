@@ -8,10 +8,12 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 
+use crate::catalogue::CatalogueService;
 use crate::config::Config;
 use crate::meta::{MetaStore, Topology, TopologyStatus};
 use crate::replication::ReplicationService;
 use crate::storage::DynStorage;
+use crate::tasks::TaskEngine;
 use crate::topology::TopologyService;
 
 #[derive(Clone)]
@@ -26,6 +28,8 @@ pub struct Inner {
     pub storage: DynStorage,
     pub topology: TopologyService,
     pub replication: ReplicationService,
+    pub catalogue: CatalogueService,
+    pub tasks: TaskEngine,
 }
 
 impl Deref for AppState {
@@ -56,9 +60,15 @@ impl AppState {
             storage,
             topology,
             replication: ReplicationService::default(),
+            catalogue: CatalogueService::default(),
+            tasks: TaskEngine::default(),
             config,
         }));
         state.recover().await?;
+        state.tasks.register(
+            crate::definitions::RUN_KIND,
+            Arc::new(crate::definitions::run::DefinitionRun),
+        );
         for peer in &state.config.peers {
             let t = Topology {
                 id: peer.id.clone(),
@@ -68,6 +78,8 @@ impl AppState {
             };
             state.meta.seed_topology(&t).await?;
         }
+        crate::catalogue::recover(&state).await?;
+        crate::catalogue::start(&state);
         Ok(state)
     }
 
@@ -101,6 +113,7 @@ impl AppState {
     }
 
     pub fn router(&self) -> Router {
+        let auth = crate::http::auth::Auth::from_config(&self.config);
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", get(crate::http::metrics::render))
@@ -109,7 +122,12 @@ impl AppState {
             .merge(crate::replication::routes::routes())
             .merge(crate::control::admin::routes())
             .merge(crate::control::backbeat::routes())
+            .merge(crate::control::rucio::routes())
+            .merge(crate::catalogue::view::routes())
+            .merge(crate::control::alfresco::routes())
+            .merge(crate::http::auth::routes(&auth))
             .fallback(crate::http::common::no_route)
+            .layer(crate::http::auth::layer(&auth))
             .layer(axum::middleware::from_fn(
                 crate::http::common::common_protocol,
             ))

@@ -27,6 +27,70 @@ pub struct Config {
     pub topology: TopologyConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub scrub: ScrubConfig,
+    #[serde(default)]
+    pub rucio: RucioConfig,
+}
+
+/// The scrubber: re-reads stored objects and verifies their SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Read rate of the scrubber (kept small so it never competes with clients).
+    #[serde(default = "default_scrub_rate")]
+    pub bytes_per_second: u64,
+    /// Pause between two passes over every object.
+    #[serde(default = "default_scrub_interval")]
+    pub interval_secs: u64,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bytes_per_second: default_scrub_rate(),
+            interval_secs: default_scrub_interval(),
+        }
+    }
+}
+
+/// The Rucio replica catalogue and its background jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RucioConfig {
+    /// Suspicious declarations (since the copy was last verified) after which it is re-read,
+    /// and declared BAD if it fails.
+    #[serde(default = "default_suspicious_threshold")]
+    pub suspicious_threshold: u32,
+    /// How often the tombstone reaper, the end of TEMPORARY_UNAVAILABLE and the repair queue
+    /// are looked at.
+    #[serde(default = "default_rucio_interval")]
+    pub background_interval_ms: u64,
+}
+
+impl Default for RucioConfig {
+    fn default() -> Self {
+        Self {
+            suspicious_threshold: default_suspicious_threshold(),
+            background_interval_ms: default_rucio_interval(),
+        }
+    }
+}
+
+fn default_scrub_rate() -> u64 {
+    1024 * 1024
+}
+fn default_scrub_interval() -> u64 {
+    3600
+}
+fn default_suspicious_threshold() -> u32 {
+    3
+}
+fn default_rucio_interval() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +354,14 @@ impl Config {
             matches!(self.storage.backend.as_str(), "fs" | "s3"),
             "storage.backend must be \"fs\" or \"s3\", not {:?}",
             self.storage.backend
+        );
+        anyhow::ensure!(
+            !self.scrub.enabled || self.scrub.bytes_per_second > 0,
+            "scrub.bytes_per_second must be > 0 (or set scrub.enabled = false)"
+        );
+        anyhow::ensure!(
+            self.rucio.suspicious_threshold > 0,
+            "rucio.suspicious_threshold must be > 0"
         );
         anyhow::ensure!(
             self.replication.workers > 0,

@@ -3,15 +3,18 @@
 //! `run` wires the application: config -> stores -> services -> router -> server.
 
 pub mod app;
+pub mod catalogue;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod definitions;
 pub mod error;
 pub mod hash;
 pub mod http;
 pub mod meta;
 pub mod replication;
 pub mod storage;
+pub mod tasks;
 pub mod topology;
 
 use std::future::Future;
@@ -43,6 +46,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let state = app::AppState::open(config, public_url).await?;
     let router = state.router();
     replication::start(&state);
+    state.tasks.recover(&state).await?;
+    tokio::spawn(definitions::scheduler::run(state.clone()));
     tracing::info!(site = %state.site_id, url = %state.public_url, "listening on {addr}");
     http::server::serve(listener, router, options, shutdown).await;
     tracing::info!("stopped");

@@ -322,7 +322,7 @@ async fn exhausted_orders_are_listed_paged_and_retried() {
     );
     for k in ["f-000", "f-131", "f-259"] {
         let i: usize = k[2..].parse().unwrap();
-        converged(&b, "failing", k, &vec![i as u8; 100]).await;
+        converged(&b, "failing", k, &[i as u8; 100]).await;
     }
     eventually(Duration::from_secs(30), "nothing pending", || async {
         let v: serde_json::Value = reqwest::get(a.url("/_/backbeat/api/metrics/crr/all/all"))

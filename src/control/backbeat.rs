@@ -44,6 +44,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// An error in Backbeat's envelope.
+#[derive(Debug)]
 pub struct BackbeatError {
     status: StatusCode,
     name: &'static str,

@@ -2,12 +2,15 @@
 
 use super::{MetaStore, Object};
 use crate::error::{Error, Result};
+use crate::replication::order::Order;
 
 impl MetaStore {
     /// Records an object READY with its size and hash. A name that is taken stays as it is and
     /// answers false, except a row left by a deletion or a failed upload, which is replaced
-    /// (the bytes are in storage again).
-    pub async fn register_ready_object(&self, obj: &Object) -> Result<bool> {
+    /// (the bytes are in storage again). The object's replication orders are queued in the same
+    /// transaction, so imported objects replicate like any others.
+    pub async fn register_ready_object(&self, obj: &Object, orders: &[Order]) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
         let metadata =
             serde_json::to_string(&obj.metadata).map_err(|e| Error::internal(e.to_string()))?;
         let done = sqlx::query(
@@ -27,9 +30,14 @@ impl MetaStore {
         .bind(obj.expires.map(|e| e.timestamp_millis()))
         .bind(obj.size as i64)
         .bind(metadata)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() > 0)
+        let registered = done.rows_affected() > 0;
+        if registered {
+            super::replication::insert_orders(&mut tx, orders).await?;
+        }
+        tx.commit().await?;
+        Ok(registered)
     }
 }
 
@@ -59,14 +67,14 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());
         let meta = MetaStore::open(&url).await.unwrap();
         let obj = object("a/b");
-        assert!(meta.register_ready_object(&obj).await.unwrap());
-        assert!(!meta.register_ready_object(&obj).await.unwrap());
+        assert!(meta.register_ready_object(&obj, &[]).await.unwrap());
+        assert!(!meta.register_ready_object(&obj, &[]).await.unwrap());
         let stored = meta.get_object("b1", "a/b").await.unwrap().unwrap();
         assert_eq!(stored.status, Status::Ready);
         assert_eq!(stored.hash, obj.hash);
         meta.set_object_status("b1", "a/b", Status::Deleted)
             .await
             .unwrap();
-        assert!(meta.register_ready_object(&obj).await.unwrap());
+        assert!(meta.register_ready_object(&obj, &[]).await.unwrap());
     }
 }

@@ -3,7 +3,9 @@
 
 mod import;
 pub mod model;
+pub mod replicas;
 pub mod replication;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

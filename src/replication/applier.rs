@@ -21,18 +21,27 @@ use crate::http::common::{CLIENT_ID, OP_ID};
 use crate::meta::model::parse_time;
 use crate::meta::replication::{now_ms, InboxRow};
 use crate::meta::{Bucket, Object, Status, Topology};
+use crate::storage::ByteStream;
 use crate::topology::{Caller, Target};
 
 /// A claim lasts this long and is extended while a transfer runs.
 const LEASE_MS: i64 = 60_000;
 const IDLE: Duration = Duration::from_millis(250);
 
-/// Why an order could not be applied.
-enum Failure {
+/// Why an order (or a pull) could not be applied.
+pub(crate) enum Failure {
     /// Worth retrying later (peer down, network, busy).
     Transient(String),
     /// Retrying cannot help (forbidden, no good copy anywhere).
     Permanent(String),
+}
+
+impl Failure {
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Failure::Transient(m) | Failure::Permanent(m) => m,
+        }
+    }
 }
 
 impl From<Error> for Failure {
@@ -130,7 +139,13 @@ async fn apply(state: &AppState, row: &InboxRow) -> std::result::Result<(), Fail
                 .or_else(ignore_missing)
                 .map_err(Failure::from)
         }
-        (Some(name), _) => replicate_object(state, row, name).await,
+        (Some(name), _) => {
+            let outcome = replicate_object(state, row, name).await;
+            if outcome.is_err() {
+                crate::catalogue::copy_failed(state, &o.bucket_name, name).await;
+            }
+            outcome
+        }
     }
 }
 
@@ -211,6 +226,7 @@ async fn replicate_object(
             _ => {}
         }
     }
+    crate::catalogue::copying(state, o, name).await;
     let mut last = match pull_from(state, o, name, &o.from_site).await {
         Ok(()) => return Ok(()),
         Err(f) => f,
@@ -274,58 +290,18 @@ async fn pull_from(
     name: &str,
     site: &str,
 ) -> std::result::Result<(), Failure> {
-    let peer: Topology = state.topology.peer(site).await?;
-    let url = format!(
-        "{}/replicator/remote/buckets/{}/{name}",
-        peer.uri.trim_end_matches('/'),
-        o.bucket_name
-    );
-    let resp = state
-        .topology
-        .client()
-        .get(&url)
-        .header(CLIENT_ID, &o.client_id)
-        .header(OP_ID, &o.op_id)
-        .header(http::header::ACCEPT, "application/octet-stream")
-        .send()
-        .await
-        .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
-    match resp.status().as_u16() {
-        200 => {}
-        403 => {
-            return Err(Failure::Permanent(format!(
-                "site {site} refuses client {}",
-                o.client_id
-            )))
-        }
-        404 | 410 => {
-            return Err(Failure::Permanent(format!(
-                "site {site} does not hold {}/{name}",
-                o.bucket_name
-            )))
-        }
-        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
-    }
-    let announced = resp
-        .headers()
-        .get(HASH)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    if Some(announced.as_str()) != o.hash.as_deref() {
-        return Err(Failure::Permanent(format!(
-            "site {site} holds another version of {}/{name}",
-            o.bucket_name
-        )));
-    }
-    let obj = replica_object(o, name, resp.headers());
-    let (site_owned, bucket) = (site.to_owned(), o.bucket_name.clone());
-    let body = Box::pin(resp.bytes_stream().map_err(move |e| {
-        Error::upstream(
-            Kind::BadGateway,
-            format!("stream from site {site_owned} broke: {e}"),
-        )
-    }));
+    let bucket = &o.bucket_name;
+    let (headers, body) = open_remote(
+        state,
+        site,
+        bucket,
+        name,
+        &o.client_id,
+        &o.op_id,
+        o.hash.as_deref(),
+    )
+    .await?;
+    let obj = replica_object(o, name, &headers);
     let expected = Expected {
         size: o.size,
         hash: o.hash.clone(),
@@ -334,7 +310,10 @@ async fn pull_from(
         from_site: o.from_site.clone(),
     };
     match objects::store(state, obj, body, expected, &origin).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            crate::catalogue::pulled_from(state, bucket, name, site).await;
+            Ok(())
+        }
         Err(e)
             if e.message.contains("mismatch") || e.message.contains("larger than the declared") =>
         {
@@ -347,6 +326,68 @@ async fn pull_from(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Opens `bucket/name` at `site` through its remote route (the site's own store), refusing a
+/// copy that announces another hash than `hash`. Used by replication and by repairs.
+pub(crate) async fn open_remote(
+    state: &AppState,
+    site: &str,
+    bucket: &str,
+    name: &str,
+    client_id: &str,
+    op_id: &str,
+    hash: Option<&str>,
+) -> std::result::Result<(HeaderMap, ByteStream), Failure> {
+    let peer: Topology = state.topology.peer(site).await?;
+    let url = format!(
+        "{}/replicator/remote/buckets/{bucket}/{name}",
+        peer.uri.trim_end_matches('/'),
+    );
+    let resp = state
+        .topology
+        .client()
+        .get(&url)
+        .header(CLIENT_ID, client_id)
+        .header(OP_ID, op_id)
+        .header(http::header::ACCEPT, "application/octet-stream")
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
+    match resp.status().as_u16() {
+        200 => {}
+        403 => {
+            return Err(Failure::Permanent(format!(
+                "site {site} refuses client {client_id}"
+            )))
+        }
+        404 | 410 => {
+            return Err(Failure::Permanent(format!(
+                "site {site} does not hold {bucket}/{name}"
+            )))
+        }
+        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
+    }
+    let announced = resp
+        .headers()
+        .get(HASH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if Some(announced.as_str()) != hash {
+        return Err(Failure::Permanent(format!(
+            "site {site} holds another version of {bucket}/{name}"
+        )));
+    }
+    let headers = resp.headers().clone();
+    let site_owned = site.to_owned();
+    let body: ByteStream = Box::pin(resp.bytes_stream().map_err(move |e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("stream from site {site_owned} broke: {e}"),
+        )
+    }));
+    Ok((headers, body))
 }
 
 /// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::order::OrderStatus;
-use super::{backoff_ms, ReplicationService, SenderState};
+use super::{backoff_ms, ReplicationService};
 use crate::app::AppState;
 use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, OutboxRow};
@@ -73,9 +73,7 @@ impl ReplicationService {
 
     fn finish(&self, site: &str, failure: Option<(Error, &AppState)>) {
         let mut senders = self.senders.lock().expect("senders lock");
-        let s = senders
-            .entry(site.to_owned())
-            .or_insert_with(SenderState::default);
+        let s = senders.entry(site.to_owned()).or_default();
         s.running = false;
         if let Some((e, state)) = failure {
             s.retry_at_ms = now_ms() + backoff_ms(&state.config.replication, 1);
@@ -204,6 +202,7 @@ async fn apply_outcome(
     match status.status.as_str() {
         "DONE" => {
             state.meta.order_completed(row).await?;
+            crate::catalogue::peer_applied(state, &row.order).await;
             metrics::counter!("mirrorgate_replication_completions_total", "peer" => site.to_owned()).increment(1);
             metrics::counter!("mirrorgate_replication_bytes_total", "peer" => site.to_owned())
                 .increment(row.order.size.unwrap_or(0));

@@ -16,7 +16,8 @@ use super::{DynStorage, StoredObject};
 use crate::config::Config;
 use crate::dataplane::names::{check_bucket, check_object};
 use crate::error::Result;
-use crate::meta::{Bucket, MetaStore, Object, Status};
+use crate::meta::{Bucket, MetaStore, Object, Status, TopologyStatus};
+use crate::replication::order::{Action, Order};
 
 /// Objects examined at the same time (hashing streams run in parallel).
 const CONCURRENCY: usize = 4;
@@ -82,11 +83,28 @@ pub async fn import_bucket(
     // Listing first: a missing backend bucket is an error, not an empty import.
     let mut page = storage.list(bucket, "", None).await?;
     ensure_bucket(&meta, &storage, bucket, client_id, &config.site.id).await?;
+    let owner = meta
+        .get_bucket(bucket)
+        .await?
+        .map(|b| b.client_id)
+        .unwrap_or_else(|| client_id.to_owned());
+    let peers = if config.replication.enabled {
+        meta.list_topologies(Some(TopologyStatus::Up))
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|id| *id != config.site.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let importer = Importer {
         meta: &meta,
         storage: &storage,
         bucket,
         site: &config.site.id,
+        owner,
+        peers,
     };
     let progress = progress_bar();
     let mut summary = ImportSummary::default();
@@ -150,6 +168,9 @@ struct Importer<'a> {
     storage: &'a DynStorage,
     bucket: &'a str,
     site: &'a str,
+    /// The bucket's owner and the peers its objects replicate to.
+    owner: String,
+    peers: Vec<String>,
 }
 
 impl Importer<'_> {
@@ -180,7 +201,8 @@ impl Importer<'_> {
             size: stored.size,
             metadata: Default::default(),
         };
-        Ok(if self.meta.register_ready_object(&obj).await? {
+        let orders = self.orders_for(&obj);
+        Ok(if self.meta.register_ready_object(&obj, &orders).await? {
             Outcome::Registered {
                 size: obj.size,
                 hashed,
@@ -188,6 +210,25 @@ impl Importer<'_> {
         } else {
             Outcome::Skipped
         })
+    }
+
+    /// One CREATE order per UP peer, as a client write at this site would queue.
+    fn orders_for(&self, obj: &Object) -> Vec<Order> {
+        let op_id = uuid::Uuid::new_v4().to_string();
+        self.peers
+            .iter()
+            .map(|peer| Order {
+                op_id: op_id.clone(),
+                from_site: self.site.to_owned(),
+                to_site: peer.clone(),
+                client_id: self.owner.clone(),
+                bucket_name: obj.bucket.clone(),
+                object_name: Some(obj.name.clone()),
+                size: Some(obj.size),
+                hash: obj.hash.clone(),
+                action: Action::Create,
+            })
+            .collect()
     }
 
     /// Known objects are skipped before their bytes are read (deleted or failed rows are not

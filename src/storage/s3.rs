@@ -1029,7 +1029,7 @@ mod tests {
         assert_eq!(part_size(None).unwrap() as u64, PART_SIZE_UNKNOWN);
         let huge = 200 * 1024 * MIB;
         let p = part_size(Some(huge)).unwrap() as u64;
-        assert!(huge.div_ceil(p) <= MAX_PARTS && p % MIB == 0);
+        assert!(huge.div_ceil(p) <= MAX_PARTS && p.is_multiple_of(MIB));
     }
 
     #[test]
