@@ -193,15 +193,102 @@ impl Default for ReplicationConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Control-plane bearer tokens, the built-in token issuer and per-client rate limits
+/// (enforced by `http::auth`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// None: on, except when the site listens on a loopback address.
     pub enabled: Option<bool>,
+    /// HS256 key of the built-in issuer (and accepted for verification).
     pub jwt_secret: Option<String>,
+    /// JWKS of an external identity provider.
     pub jwks_file: Option<PathBuf>,
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519) whose tokens are accepted.
+    #[serde(default)]
+    pub public_key_files: Vec<PathBuf>,
+    /// When set, tokens must carry this `iss` (and the built-in issuer writes it).
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud` (and the built-in issuer writes it).
+    pub audience: Option<String>,
+    /// Lifetime of the tokens the built-in issuer signs.
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_secs: u64,
+    /// Control-plane requests per second per client; 0 disables rate limiting.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may send at once before the per-second rate applies.
+    #[serde(default = "default_rate_burst")]
+    pub rate_limit_burst: u32,
     #[serde(default)]
     pub clients: Vec<AuthClient>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            jwt_secret: None,
+            jwks_file: None,
+            public_key_files: Vec::new(),
+            issuer: None,
+            audience: None,
+            token_lifetime_secs: default_token_lifetime(),
+            rate_limit_per_second: default_rate_limit(),
+            rate_limit_burst: default_rate_burst(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any key can verify a token.
+    pub fn has_verification_key(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwks_file.is_some() || !self.public_key_files.is_empty()
+    }
+
+    /// Refuses settings that would leave the control plane unusable or open.
+    fn validate(&self, enabled: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !enabled || self.has_verification_key(),
+            "auth is on but no key verifies tokens: set [auth] jwt_secret (or public_key_files \
+             or jwks_file), or turn auth off with [auth] enabled = false"
+        );
+        anyhow::ensure!(
+            self.jwt_secret.as_deref() != Some(""),
+            "[auth] jwt_secret must not be empty"
+        );
+        anyhow::ensure!(
+            self.clients.is_empty() || self.jwt_secret.is_some(),
+            "[[auth.clients]] need [auth] jwt_secret: the built-in issuer signs their tokens with it"
+        );
+        anyhow::ensure!(
+            self.token_lifetime_secs > 0,
+            "[auth] token_lifetime_secs must be > 0"
+        );
+        let mut ids = std::collections::HashSet::new();
+        for client in &self.clients {
+            anyhow::ensure!(
+                !client.id.is_empty(),
+                "[[auth.clients]] id must not be empty"
+            );
+            anyhow::ensure!(
+                !client.secret.is_empty(),
+                "[[auth.clients]] {:?}: secret must not be empty",
+                client.id
+            );
+            anyhow::ensure!(
+                ids.insert(&client.id),
+                "[[auth.clients]] id {:?} appears twice",
+                client.id
+            );
+        }
+        if enabled {
+            // Key files are read now so that a bad one stops the start, naming the file.
+            crate::http::auth::Verifier::from_config(self)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +419,15 @@ fn default_max_header_bytes() -> usize {
 fn default_drain_secs() -> u64 {
     30
 }
+fn default_token_lifetime() -> u64 {
+    3600
+}
+fn default_rate_limit() -> u32 {
+    50
+}
+fn default_rate_burst() -> u32 {
+    100
+}
 
 impl Config {
     /// Reads and validates a config file.
@@ -382,7 +478,7 @@ impl Config {
                 peer.id
             );
         }
-        Ok(())
+        self.auth.validate(self.auth_enabled())
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -445,10 +541,34 @@ mod tests {
 
     #[test]
     fn auth_on_for_public_listener() {
-        let c = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n").unwrap();
+        let public = "[site]\nlisten = \"0.0.0.0:8080\"\n";
+        let c = Config::parse(&format!("{public}[auth]\njwt_secret = \"s\"\n")).unwrap();
         assert!(c.auth_enabled());
-        let c =
-            Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n[auth]\nenabled = false\n").unwrap();
+        let c = Config::parse(&format!("{public}[auth]\nenabled = false\n")).unwrap();
         assert!(!c.auth_enabled());
+    }
+
+    #[test]
+    fn auth_on_without_a_key_is_refused_naming_the_key() {
+        let err = Config::parse("[site]\nlisten = \"0.0.0.0:8080\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwt_secret"), "{err}");
+        let err = Config::parse("[auth]\nenabled = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn auth_defaults_keep_old_configs_working() {
+        let c = Config::parse("[auth]\njwt_secret = \"s\"\n").unwrap();
+        assert_eq!(c.auth.token_lifetime_secs, 3600);
+        assert_eq!(c.auth.rate_limit_per_second, 50);
+        assert_eq!(c.auth.rate_limit_burst, 100);
+        let err = Config::parse("[[auth.clients]]\nid = \"a\"\nsecret = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("jwt_secret"), "{err}");
     }
 }
