@@ -34,6 +34,21 @@ enum Command {
         #[arg(long, default_value = "import")]
         client_id: String,
     },
+    /// Replication definitions (the site must be serving).
+    Definitions {
+        #[command(subcommand)]
+        action: DefinitionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DefinitionsAction {
+    /// Start a run of a definition and follow it with a progress bar until it ends.
+    Run {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +88,9 @@ fn main() -> std::process::ExitCode {
                         println!("{bucket}: {summary}");
                         Ok(())
                     }
+                    Command::Definitions {
+                        action: DefinitionsAction::Run { name, config },
+                    } => mirrorgate::definitions::cli::run(&Config::load(&config)?, &name).await,
                 }
             })
         });

@@ -432,3 +432,50 @@ async fn converged_at(site: &Site, bucket: &str, key: &str) {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_cli_runs_a_definition_and_reports() {
+    let (a, b) = (
+        Site::start("site-a", NO_FANOUT),
+        Site::start("site-b", NO_FANOUT),
+    );
+    mesh(&[&a, &b]).await;
+    create_bucket(&a, "cli").await;
+    for i in 0..5 {
+        put_object(&a, "cli", &format!("k{i}"), data(500, i)).await;
+    }
+    define(
+        &a,
+        json!({"name": "by-cli", "description": "d", "payload": ["cli/"], "targetName": "site-b"}),
+    )
+    .await;
+    // The CLI reads the site's address from its config: point it at the running site.
+    let config = std::fs::read_to_string(&a.config_path).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", a.addr),
+    );
+    let path = a.dir.join("cli.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
+        .args(["definitions", "run", "by-cli", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Completed") && stdout.contains("sent 5"),
+        "{stdout}"
+    );
+    assert_eq!(listing_count(&b, "cli").await, 5);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
+        .args(["definitions", "run", "nope", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

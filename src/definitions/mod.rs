@@ -1,6 +1,7 @@
 //! Replication definitions: named jobs that copy a payload (objects and prefixes) to a target
 //! site, on demand or on a schedule. A run is a task of type [`RUN_KIND`].
 
+pub mod cli;
 pub mod run;
 pub mod scheduler;
 
