@@ -154,9 +154,19 @@ fn rucio(denial: &Denial) -> Response {
     );
     headers.insert(
         HeaderName::from_static("exceptionmessage"),
-        text_header(&message),
+        text_header(&rucio_header_message(&message)),
     );
+    headers.insert(ERROR, text_header(&message));
     response
+}
+
+/// Rucio cuts its `ExceptionMessage` header at 125 characters.
+fn rucio_header_message(message: &str) -> String {
+    let mut short: String = message.chars().take(125).collect();
+    if short.len() < message.len() {
+        short.push_str("...");
+    }
+    short
 }
 
 /// Alfresco REST: `{"error":{errorKey,statusCode,briefSummary,stackTrace,descriptionURL}}`.
