@@ -69,6 +69,14 @@ impl AppState {
             crate::definitions::RUN_KIND,
             Arc::new(crate::definitions::run::DefinitionRun),
         );
+        crate::dr::actions::register(&state);
+        let settled = state.meta.settle_servers().await?;
+        if settled > 0 {
+            tracing::info!(
+                servers = settled,
+                "DR servers left mid-action by the last stop are back to a stable status"
+            );
+        }
         for peer in &state.config.peers {
             let t = Topology {
                 id: peer.id.clone(),
@@ -125,6 +133,7 @@ impl AppState {
             .merge(crate::control::rucio::routes())
             .merge(crate::catalogue::view::routes())
             .merge(crate::control::alfresco::routes())
+            .merge(crate::control::dr::routes())
             .merge(crate::http::auth::routes(&auth))
             .fallback(crate::http::common::no_route)
             .layer(crate::http::auth::layer(&auth))

@@ -31,6 +31,30 @@ pub struct Config {
     pub scrub: ScrubConfig,
     #[serde(default)]
     pub rucio: RucioConfig,
+    #[serde(default)]
+    pub dr: DrConfig,
+}
+
+/// Disaster recovery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrConfig {
+    /// The RPO target: a recovery server whose lag is within it is OK, within twice WARNING,
+    /// within four times ERROR, beyond CRITICAL.
+    #[serde(default = "default_rpo_threshold")]
+    pub rpo_threshold_seconds: u64,
+}
+
+impl Default for DrConfig {
+    fn default() -> Self {
+        Self {
+            rpo_threshold_seconds: default_rpo_threshold(),
+        }
+    }
+}
+
+fn default_rpo_threshold() -> u64 {
+    300
 }
 
 /// The scrubber: re-reads stored objects and verifies their SHA-256.

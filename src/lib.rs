@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod definitions;
+pub mod dr;
 pub mod error;
 pub mod hash;
 pub mod http;

@@ -3,4 +3,5 @@
 pub mod admin;
 pub mod alfresco;
 pub mod backbeat;
+pub mod dr;
 pub mod rucio;

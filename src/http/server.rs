@@ -10,6 +10,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 pub struct ServeOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -48,7 +49,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers and the rate limiter see the peer address as axum's ConnectInfo.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        ));
         match &options.tls {
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

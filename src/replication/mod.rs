@@ -55,7 +55,7 @@ pub enum WriteOrigin {
 }
 
 impl ReplicationService {
-    /// One order per UP peer for a change made by a client here (none when replication is off
+    /// One order per UP (or DOWN, delivered later) peer for a change made by a client here (none when replication is off
     /// or the change came from a peer: every site replicates to every other directly).
     pub async fn orders_for(
         &self,
@@ -72,7 +72,7 @@ impl ReplicationService {
             return Ok(Vec::new());
         }
         let op_id = uuid::Uuid::new_v4().to_string();
-        let peers = state.topology.up_peers().await?;
+        let peers = state.topology.replication_peers().await?;
         Ok(peers
             .iter()
             .map(|peer| Order {

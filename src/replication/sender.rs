@@ -37,13 +37,22 @@ pub async fn dispatch(state: AppState) {
 
 async fn dispatch_once(state: &AppState) -> Result<()> {
     let paused = super::routes::effective_pauses(state).await?;
+    let down: Vec<String> = state
+        .topology
+        .replication_peers()
+        .await?
+        .iter()
+        .filter(|p| p.status == crate::meta::TopologyStatus::Down)
+        .map(|p| p.id.clone())
+        .collect();
     let mut sites = state.meta.outbox_sites().await?;
-    for peer in state.topology.up_peers().await?.iter() {
+    for peer in state.topology.replication_peers().await?.iter() {
         publish_backlog(state, &peer.id).await?;
     }
     sites.sort();
     for site in sites {
-        if paused.get(&site).copied().unwrap_or(false) {
+        // A DOWN peer keeps its orders queued, like a paused one, until it is UP again.
+        if paused.get(&site).copied().unwrap_or(false) || down.contains(&site) {
             continue;
         }
         if state.replication.try_start(&site) {

@@ -120,8 +120,25 @@ impl TopologyService {
         }
     }
 
-    /// The UP peers, this site excluded.
+    /// The UP peers, this site excluded: the ones asked in lookups.
     pub async fn up_peers(&self) -> Result<Arc<Vec<Topology>>> {
+        self.peers_where(|t| t.status == TopologyStatus::Up).await
+    }
+
+    /// The peers that get replication orders: UP ones, and DOWN ones, whose orders wait until
+    /// they are UP again (a failed-over primary still receives what changed meanwhile).
+    pub async fn replication_peers(&self) -> Result<Arc<Vec<Topology>>> {
+        self.peers_where(|t| matches!(t.status, TopologyStatus::Up | TopologyStatus::Down))
+            .await
+    }
+
+    async fn peers_where(&self, keep: impl Fn(&Topology) -> bool) -> Result<Arc<Vec<Topology>>> {
+        let all = self.all_peers().await?;
+        Ok(Arc::new(all.iter().filter(|t| keep(t)).cloned().collect()))
+    }
+
+    /// Every peer of the topology, this site excluded, cached for a few seconds.
+    async fn all_peers(&self) -> Result<Arc<Vec<Topology>>> {
         if let Some((at, peers)) = self.peers.read().expect("peers lock").as_ref() {
             if at.elapsed() < PEERS_REFRESH {
                 return Ok(peers.clone());
@@ -129,7 +146,7 @@ impl TopologyService {
         }
         let peers: Vec<Topology> = self
             .meta
-            .list_topologies(Some(TopologyStatus::Up))
+            .list_topologies(None)
             .await?
             .into_iter()
             .filter(|t| t.id != self.self_id)
