@@ -123,7 +123,7 @@ async fn state_at(site: &Site, bucket: &str, key: &str, rse: &str) -> Option<Str
 
 #[tokio::test]
 async fn replicas_are_listed_by_did_rse_and_dataset() {
-    let (a, b, c) = three_sites().await;
+    let (a, b, mut c) = three_sites().await;
     create_bucket(&a, "cat").await;
     let (one, two) = (data(70_000, 1), data(1_234, 2));
     put_object(&a, "cat", "one", one.clone()).await;
@@ -264,6 +264,25 @@ async fn replicas_are_listed_by_did_rse_and_dataset() {
     )
     .await;
     r.assert_error(406, "UnsupportedRequestedContentType");
+
+    // A site that does not answer is represented by what the others learned from replication:
+    // the source learns each copy when the peer reports its order done.
+    eventually(
+        Duration::from_secs(15),
+        "outcomes known at the source",
+        || async {
+            let r = client()
+                .head(a.url("/cloudclonestore/cat/one"))
+                .send()
+                .await
+                .ok()?;
+            (r.headers().get("x-clonecloudstore-replication-status")? == "COMPLETED").then_some(())
+        },
+    )
+    .await;
+    c.kill9();
+    let learned = list(&a, json!({"dids": did})).await;
+    assert_eq!(rses_of(&learned[0]), ["site-a", "site-c"]);
 }
 
 /// Checks a metalink document: each (identity, bytes, url count) in order.
@@ -539,8 +558,11 @@ async fn declarations_tombstones_and_locks() {
         },
     )
     .await;
-    let left = get(&b, "/replicas/decl/kept").await.lines();
-    assert_eq!(rses_of(&left[0]), ["site-a"]);
+    eventually(Duration::from_secs(10), "only A's copy left", || async {
+        let left = get(&b, "/replicas/decl/kept").await.lines();
+        (rses_of(&left[0]) == ["site-a"]).then_some(())
+    })
+    .await;
     // The object itself is still readable where a copy is left.
     assert_eq!(
         client()

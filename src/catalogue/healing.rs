@@ -171,10 +171,13 @@ pub async fn healer(state: AppState) {
     loop {
         match state.meta.due_repairs(&state.site_id, 16).await {
             Ok(due) if !due.is_empty() => {
+                let mut recorded = true;
                 for r in &due {
-                    repair(&state, r).await;
+                    recorded &= repair(&state, r).await;
                 }
-                continue;
+                if recorded {
+                    continue;
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("healer: {e}"),
@@ -186,7 +189,8 @@ pub async fn healer(state: AppState) {
     }
 }
 
-async fn repair(state: &AppState, r: &Repair) {
+/// One repair attempt and its outcome; false when the outcome could not be recorded.
+async fn repair(state: &AppState, r: &Repair) -> bool {
     let site = state.site_id.clone();
     let outcome = attempt_repair(state, r).await;
     let recorded = match outcome {
@@ -215,9 +219,10 @@ async fn repair(state: &AppState, r: &Repair) {
             state.meta.repair_postponed(r.id, next, &why).await
         }
     };
-    if let Err(e) = recorded {
+    if let Err(e) = &recorded {
         tracing::error!("recording the outcome of a repair: {e}");
     }
+    recorded.is_ok()
 }
 
 async fn give_up(state: &AppState, r: &Repair) -> Result<()> {

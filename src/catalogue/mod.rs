@@ -80,8 +80,8 @@ pub async fn copying(state: &AppState, order: &Order, name: &str) {
     log_failure(done, "recording a copy in progress", &obj);
 }
 
-/// A pull did not complete.
-pub async fn copy_failed(state: &AppState, bucket: &str, name: &str) {
+/// A pull ended: a COPYING row it left (no copy was stored) goes.
+pub async fn copy_ended(state: &AppState, bucket: &str, name: &str) {
     if let Err(e) = state
         .meta
         .replica_copy_failed(bucket, name, &state.site_id)

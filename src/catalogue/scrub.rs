@@ -145,7 +145,15 @@ async fn scrub_one(state: &AppState, obj: &Object, pacer: &mut Pacer) {
         .replica(&obj.bucket, &obj.name, &state.site_id)
         .await;
     let own = match own {
-        Ok(own) => own,
+        Ok(Some(own)) => Some(own),
+        // A READY object without a row (a crash between the two writes): the row comes back.
+        Ok(None) => {
+            let restored = state.meta.replica_stored(obj, &state.site_id, None).await;
+            if let Err(e) = restored {
+                return tracing::warn!("scrubber: {e}");
+            }
+            None
+        }
         Err(e) => return tracing::warn!("scrubber: {e}"),
     };
     if own.as_ref().is_some_and(|r| r.state == ReplicaState::Bad) {
@@ -156,7 +164,7 @@ async fn scrub_one(state: &AppState, obj: &Object, pacer: &mut Pacer) {
     metrics::gauge!("mirrorgate_scrub_pass_objects").increment(1.0);
     match verdict {
         Ok(Verdict::Good { adler32 }) => {
-            if own.is_some_and(|r| r.adler32.is_none()) {
+            if own.is_none_or(|r| r.adler32.is_none()) {
                 let filled = state
                     .meta
                     .fill_adler32(&obj.bucket, &obj.name, &state.site_id, &adler32)

@@ -221,8 +221,16 @@ impl MetaStore {
         Ok(())
     }
 
-    /// A pull did not complete: forget the COPYING row it left.
+    /// A pull ended without storing a copy: forget the COPYING row it left. Looked up first, so
+    /// the common case (the copy was stored) takes no write lock.
     pub async fn replica_copy_failed(&self, bucket: &str, name: &str, site: &str) -> Result<()> {
+        let copying = self
+            .replica(bucket, name, site)
+            .await?
+            .is_some_and(|r| r.state == ReplicaState::Copying);
+        if !copying {
+            return Ok(());
+        }
         sqlx::query(
             "DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3 AND state = 'C'",
         )
@@ -332,10 +340,15 @@ impl MetaStore {
     // ---- reading --------------------------------------------------------------------------
 
     pub async fn replica(&self, bucket: &str, name: &str, site: &str) -> Result<Option<Replica>> {
-        let mut tx = self.pool().begin().await?;
-        let r = replica_in_tx(&mut tx, bucket, name, site).await?;
-        tx.commit().await?;
-        Ok(r)
+        let row = sqlx::query(&format!(
+            "SELECT {REPLICA_COLUMNS} FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3"
+        ))
+        .bind(bucket)
+        .bind(name)
+        .bind(site)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(replica_from_row))
     }
 
     /// Rows of these objects and of every object of these buckets, optionally of one site.

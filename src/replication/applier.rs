@@ -141,9 +141,8 @@ async fn apply(state: &AppState, row: &InboxRow) -> std::result::Result<(), Fail
         }
         (Some(name), _) => {
             let outcome = replicate_object(state, row, name).await;
-            if outcome.is_err() {
-                crate::catalogue::copy_failed(state, &o.bucket_name, name).await;
-            }
+            // A pull that stored no copy (failed, superseded) leaves no COPYING row behind.
+            crate::catalogue::copy_ended(state, &o.bucket_name, name).await;
             outcome
         }
     }
