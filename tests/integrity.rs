@@ -306,7 +306,8 @@ async fn assert_download_fails(url: &str, original: &[u8], zstd: bool) {
     if zstd {
         req = req.header("accept-encoding", "zstd");
     }
-    let r = req.send().await.unwrap();
+    // A small object fails verification before its headers leave: the request itself fails.
+    let Ok(r) = req.send().await else { return };
     if r.status() != 200 {
         return; // refused up front: fine too
     }

@@ -309,8 +309,19 @@ async fn get_object(
         }
         Err(e) => return Err(e),
     };
-    let replication = crate::replication::object_status(&state, &bucket, &name).await?;
-    if wants_json(&req_headers) {
+    serve_object(&state, obj, &op_id, &req_headers).await
+}
+
+/// Answers a READY object of this site: its JSON metadata when asked for, else its verified
+/// bytes with every object header, both with the replication status.
+pub(crate) async fn serve_object(
+    state: &AppState,
+    obj: Object,
+    op_id: &str,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
+    let replication = crate::replication::object_status(state, &obj.bucket, &obj.name).await?;
+    if wants_json(req_headers) {
         let mut json = serde_json::to_value(&obj).map_err(|e| Error::internal(e.to_string()))?;
         if let Some((overall, sites)) = &replication {
             json["replicationStatus"] = serde_json::json!(overall);
@@ -320,8 +331,8 @@ async fn get_object(
         add_replication_header(&mut h, &replication);
         return Ok((h, Json(json)).into_response());
     }
-    let body = objects::open_verified(&state, &obj, &op_id).await?;
-    let mut resp = object_response(&obj, body, wants_zstd(&req_headers));
+    let body = objects::open_verified(state, &obj, op_id).await?;
+    let mut resp = object_response(&obj, body, wants_zstd(req_headers));
     add_replication_header(resp.headers_mut(), &replication);
     Ok(resp)
 }

@@ -13,9 +13,7 @@ use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use super::accessor::{
-    object_response, object_type, readable_bucket, readable_object, type_header,
-};
+use super::accessor::{object_type, readable_bucket, readable_object, serve_object, type_header};
 use super::headers::{wants_json, wants_zstd, HASH, SIZE};
 use super::objects;
 use super::stream::Verify;
@@ -88,11 +86,7 @@ async fn remote_get_object(
     req_headers: HeaderMap,
 ) -> Result<Response> {
     let obj = readable_object(&state, &client, &bucket, &name).await?;
-    if wants_json(&req_headers) {
-        return Ok((super::headers::object_headers(&obj), Json(obj)).into_response());
-    }
-    let body = objects::open_verified(&state, &obj, &op_id).await?;
-    Ok(object_response(&obj, body, wants_zstd(&req_headers)))
+    serve_object(&state, obj, &op_id, &req_headers).await
 }
 
 async fn remote_head_object(

@@ -62,8 +62,11 @@ impl MetaStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        // No ping before each use: an embedded SQLite connection does not go stale, and the ping
+        // costs two thread hand-offs per query (measured +15-27% on small requests).
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
