@@ -351,8 +351,28 @@ impl MetaStore {
         Ok(row.as_ref().map(replica_from_row))
     }
 
-    /// Rows of these objects and of every object of these buckets, optionally of one site.
+    /// Rows of these objects and of every object of these buckets, optionally of one site, in
+    /// (bucket, name, site) order. Asked in slices, under SQLite's limit of bound parameters.
     pub async fn replicas_of(
+        &self,
+        objects: &[(String, String)],
+        buckets: &[String],
+        site: Option<&str>,
+    ) -> Result<Vec<Replica>> {
+        const SLICE: usize = 400;
+        let mut out = Vec::new();
+        for chunk in objects.chunks(SLICE) {
+            out.extend(self.replicas_matching(chunk, &[], site).await?);
+        }
+        for chunk in buckets.chunks(SLICE) {
+            out.extend(self.replicas_matching(&[], chunk, site).await?);
+        }
+        out.sort_by(|a, b| (&a.bucket, &a.name, &a.site).cmp(&(&b.bucket, &b.name, &b.site)));
+        out.dedup_by(|a, b| (&a.bucket, &a.name, &a.site) == (&b.bucket, &b.name, &b.site));
+        Ok(out)
+    }
+
+    async fn replicas_matching(
         &self,
         objects: &[(String, String)],
         buckets: &[String],
@@ -363,30 +383,22 @@ impl MetaStore {
         }
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT {REPLICA_COLUMNS} FROM replicas WHERE ("));
-        let mut first = true;
+        let mut terms = q.separated(" OR ");
         for (bucket, name) in objects {
-            if !first {
-                q.push(" OR ");
-            }
-            first = false;
-            q.push("(bucket = ")
-                .push_bind(bucket)
-                .push(" AND name = ")
-                .push_bind(name)
-                .push(")");
+            terms
+                .push("(bucket = ")
+                .push_bind_unseparated(bucket)
+                .push_unseparated(" AND name = ")
+                .push_bind_unseparated(name)
+                .push_unseparated(")");
         }
         for bucket in buckets {
-            if !first {
-                q.push(" OR ");
-            }
-            first = false;
-            q.push("bucket = ").push_bind(bucket);
+            terms.push("bucket = ").push_bind_unseparated(bucket);
         }
         q.push(")");
         if let Some(site) = site {
             q.push(" AND site = ").push_bind(site);
         }
-        q.push(" ORDER BY bucket, name, site");
         let rows = q.build().fetch_all(self.pool()).await?;
         Ok(rows.iter().map(replica_from_row).collect())
     }

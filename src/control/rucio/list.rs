@@ -164,42 +164,50 @@ async fn list_files(state: &AppState, req: &ListRequest) -> Result<Vec<FileRepli
     let sites = view::sites(state).await?;
     let selected = select_sites(&sites, req.rse_expression.as_deref())?;
     let rows = view::replicas(state, &req.dids, &selected).await?;
+    let files = by_file(&rows);
     let mut out = Vec::new();
     for did in &req.dids {
-        let names = files_of(&rows, did);
-        if names.is_empty() {
+        let named = files_of(&files, did);
+        if named.is_empty() {
             return Err(RucioError::not_found(
                 "DataIdentifierNotFound",
                 format!("Data identifier '{did}' not found"),
             ));
         }
-        for name in names {
-            let copies: Vec<&Replica> = rows
-                .iter()
-                .filter(|r| r.bucket == did.scope && r.name == name)
-                .collect();
-            out.push(file_replicas(&did.scope, &name, &copies, &selected, req));
+        for (name, copies) in named {
+            out.push(file_replicas(&did.scope, name, copies, &selected, req));
         }
     }
     Ok(out)
 }
 
+/// Rows grouped by file, in (bucket, name) order.
+type ByFile<'a> = BTreeMap<(String, String), Vec<&'a Replica>>;
+
+fn by_file(rows: &[Replica]) -> ByFile<'_> {
+    let mut files = ByFile::new();
+    for r in rows {
+        files
+            .entry((r.bucket.clone(), r.name.clone()))
+            .or_default()
+            .push(r);
+    }
+    files
+}
+
 /// A file DID names itself; a dataset DID (`b:b` without such an object) its bucket's files.
-fn files_of(rows: &[Replica], did: &Did) -> Vec<String> {
-    if rows
-        .iter()
-        .any(|r| r.bucket == did.scope && r.name == did.name)
-    {
-        return vec![did.name.clone()];
+fn files_of<'f, 'a>(files: &'f ByFile<'a>, did: &Did) -> Vec<(&'f str, &'f [&'a Replica])> {
+    let key = (did.scope.clone(), did.name.clone());
+    if let Some(((_, name), copies)) = files.get_key_value(&key) {
+        return vec![(name.as_str(), copies.as_slice())];
     }
     if !did.is_dataset() {
         return Vec::new();
     }
-    rows.iter()
-        .filter(|r| r.bucket == did.scope)
-        .map(|r| r.name.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+    files
+        .range((did.scope.clone(), String::new())..)
+        .take_while(|((bucket, _), _)| *bucket == did.scope)
+        .map(|((_, name), copies)| (name.as_str(), copies.as_slice()))
         .collect()
 }
 
