@@ -320,7 +320,24 @@ async fn restore_from(
     )
     .await
     .map_err(|f| f.message().to_owned())?;
-    objects::restore(state, obj, body)
+    let adler32 = objects::restore(state, obj, body)
         .await
-        .map_err(|e| e.message)
+        .map_err(|e| e.message)?;
+    drop_if_deleted_meanwhile(state, obj).await;
+    Ok(adler32)
+}
+
+/// A client may have deleted the object while it was being repaired: its bytes must not come
+/// back under a deleted name.
+async fn drop_if_deleted_meanwhile(state: &AppState, obj: &Object) {
+    let deleted = match state.meta.get_object(&obj.bucket, &obj.name).await {
+        Ok(None) => true,
+        Ok(Some(o)) => o.status == Status::Deleted,
+        Err(_) => false,
+    };
+    if deleted {
+        if let Err(e) = state.storage.delete(&obj.bucket, &obj.name).await {
+            tracing::warn!(bucket = %obj.bucket, object = %obj.name, "removing repaired bytes of a deleted object: {e}");
+        }
+    }
 }

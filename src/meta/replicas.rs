@@ -617,7 +617,8 @@ impl MetaStore {
     // ---- declarations ---------------------------------------------------------------------
 
     /// Declares a copy BAD: state D and a BAD row, which queues its repair. `force` declares
-    /// again even while a repair is pending.
+    /// again a copy that is already BAD (a repair pending, or LOST: e.g. once a good copy is
+    /// back somewhere).
     pub async fn declare_bad(
         &self,
         bucket: &str,
@@ -641,7 +642,8 @@ impl MetaStore {
         .bind(site)
         .fetch_one(&mut *tx)
         .await?;
-        if open > 0 && !force {
+        // A BAD copy (repair pending, or LOST) is declared again only when forced.
+        if (open > 0 || replica.state == ReplicaState::Bad) && !force {
             return Ok(Declared::AlreadyDeclared);
         }
         close_bad_in_tx(&mut tx, bucket, name, site, BadState::Bad, BadState::Bad).await?;
