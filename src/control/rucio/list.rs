@@ -54,7 +54,6 @@ pub struct DidQuery {
     select: Option<String>,
     sort: Option<String>,
     limit: Option<usize>,
-    deep: Option<String>,
 }
 
 /// `GET /replicas/{scope}/{name}` (available copies only) and `.../{name}/datasets`.
@@ -65,8 +64,8 @@ pub async fn did(
     headers: HeaderMap,
 ) -> Result<Response> {
     if let Some(name) = rest.strip_suffix("/datasets") {
+        // `deep` changes nothing: a dataset's replicas are always computed from its files.
         negotiate(&headers, &[NDJSON])?;
-        let _deep = q.deep; // files are always looked at: datasets are whole buckets
         let did = Did::new(scope, name);
         return Ok(ndjson(dataset_replicas(&state, &[did]).await?));
     }
