@@ -37,7 +37,7 @@ async fn read(site: &Site, bucket: &str, key: &str) -> Option<Vec<u8>> {
 
 async fn converged(site: &Site, bucket: &str, key: &str, want: &[u8]) {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         &format!("{key} at {}", site.id),
         || async {
             read(site, bucket, key)
@@ -51,7 +51,7 @@ async fn converged(site: &Site, bucket: &str, key: &str, want: &[u8]) {
 
 async fn gone(site: &Site, bucket: &str, key: &str) {
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         &format!("{key} deleted at {}", site.id),
         || async {
             let r = client()
@@ -138,7 +138,7 @@ async fn a_burst_of_500_small_objects_converges() {
     futures::future::join_all(puts).await;
     for site in [&b, &c] {
         eventually(
-            Duration::from_secs(60),
+            Duration::from_secs(180),
             &format!("500 objects at {}", site.id),
             || async {
                 let text = client()
@@ -268,7 +268,7 @@ async fn exhausted_orders_are_listed_paged_and_retried() {
         }
     });
     futures::future::join_all(puts).await;
-    let keys = eventually(Duration::from_secs(60), "260 failed entries", || async {
+    let keys = eventually(Duration::from_secs(180), "260 failed entries", || async {
         let keys = all_failed(&a, "site-b").await;
         (keys.len() >= 260).then_some(keys)
     })
@@ -324,7 +324,7 @@ async fn exhausted_orders_are_listed_paged_and_retried() {
         let i: usize = k[2..].parse().unwrap();
         converged(&b, "failing", k, &[i as u8; 100]).await;
     }
-    eventually(Duration::from_secs(30), "nothing pending", || async {
+    eventually(Duration::from_secs(120), "nothing pending", || async {
         let v: serde_json::Value = reqwest::get(a.url("/_/backbeat/api/metrics/crr/all/all"))
             .await
             .ok()?
@@ -450,7 +450,7 @@ async fn corrupt_source_bytes_never_become_a_replica() {
         .await
         .unwrap();
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         "failure recorded for both peers",
         || async {
             let failed = [
@@ -498,7 +498,7 @@ async fn kill9_during_replication_loses_nothing_and_doubles_nothing() {
     a.restart();
     for site in [&b, &c] {
         eventually(
-            Duration::from_secs(90),
+            Duration::from_secs(180),
             &format!("150 objects at {}", site.id),
             || async {
                 let text = client()
@@ -523,7 +523,7 @@ async fn kill9_during_replication_loses_nothing_and_doubles_nothing() {
         );
     }
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         "no order left at the source",
         || async {
             let v: serde_json::Value =
