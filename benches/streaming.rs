@@ -1,4 +1,4 @@
-//! Throughput of the streaming adapters of `dataplane::stream` over 64 MiB in 256 KiB chunks:
+//! Throughput of the streaming adapters of `core::stream` over 64 MiB in 256 KiB chunks:
 //!
 //! - `sha256/sha2_raw`: `sha2::Sha256` over the chunks, no stream (the baseline);
 //! - `sha256/verify`: the `Verify` adapter draining a stream of pseudo-random chunks;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
-use mirrorgate::dataplane::stream::{from_chunks, zstd_decode, zstd_encode, Verify};
+use mirrorgate::core::stream::{from_chunks, zstd_decode, zstd_encode, Verify};
 use mirrorgate::storage::ByteStream;
 use sha2::{Digest, Sha256};
 use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
@@ -127,7 +127,7 @@ fn run_raw<O: Operation>(op: &mut O, input: &[Bytes], out: &mut [u8], finish: bo
 fn sha256(c: &mut Criterion) {
     let data = random_bytes(TOTAL);
     let input = chunks(&data);
-    let expected = mirrorgate::hash::of(&data);
+    let expected = mirrorgate::model::hash::of(&data);
     drop(data);
     let rt = runtime();
 
@@ -168,13 +168,13 @@ fn zstd(c: &mut Criterion) {
         std::fs::write(&path, &text).expect("write the corpus file");
     }
     let plain = chunks(&text);
-    let compressed = zstd::encode_all(&text[..], mirrorgate::dataplane::stream::ZSTD_LEVEL)
+    let compressed = zstd::encode_all(&text[..], mirrorgate::core::stream::ZSTD_LEVEL)
         .expect("compress the corpus");
     eprintln!(
         "zstd corpus: {} bytes of text-like data, {} compressed at level {} (ratio {:.2})",
         text.len(),
         compressed.len(),
-        mirrorgate::dataplane::stream::ZSTD_LEVEL,
+        mirrorgate::core::stream::ZSTD_LEVEL,
         text.len() as f64 / compressed.len() as f64
     );
     let packed = chunks(&compressed);
@@ -195,7 +195,7 @@ fn zstd(c: &mut Criterion) {
     });
     g.bench_function("encode_raw", |b| {
         b.iter(|| {
-            let mut enc = Encoder::new(mirrorgate::dataplane::stream::ZSTD_LEVEL).unwrap();
+            let mut enc = Encoder::new(mirrorgate::core::stream::ZSTD_LEVEL).unwrap();
             black_box(run_raw(&mut enc, &plain, &mut out, true))
         })
     });

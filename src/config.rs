@@ -307,10 +307,6 @@ impl AuthConfig {
                 client.id
             );
         }
-        if enabled {
-            // Key files are read now so that a bad one stops the start, naming the file.
-            crate::http::auth::Verifier::from_config(self)?;
-        }
         Ok(())
     }
 }

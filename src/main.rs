@@ -81,16 +81,15 @@ fn main() -> std::process::ExitCode {
                         client_id,
                     } => {
                         let config = Config::load(&config)?;
-                        let summary = mirrorgate::storage::import::import_bucket(
-                            &config, &bucket, &client_id,
-                        )
-                        .await?;
+                        let summary =
+                            mirrorgate::core::import::import_bucket(&config, &bucket, &client_id)
+                                .await?;
                         println!("{bucket}: {summary}");
                         Ok(())
                     }
                     Command::Definitions {
                         action: DefinitionsAction::Run { name, config },
-                    } => mirrorgate::definitions::cli::run(&Config::load(&config)?, &name).await,
+                    } => mirrorgate::cli::definitions::run(&Config::load(&config)?, &name).await,
                 }
             })
         });

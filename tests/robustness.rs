@@ -538,7 +538,7 @@ async fn sigterm_drains_streams_in_flight() {
     }
     assert_eq!(received, body.len());
     assert_eq!(
-        mirrorgate::hash::encode(&hasher.finalize()),
+        mirrorgate::model::hash::encode(&hasher.finalize()),
         ccs_hash(&body)
     );
     let (mut site, status) = tokio::time::timeout(WAIT, exit)

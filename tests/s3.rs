@@ -229,7 +229,7 @@ fn generated(len_mib: usize) -> (impl futures::Stream<Item = std::io::Result<Byt
     for i in 0..len_mib {
         hasher.update(stamp(i));
     }
-    let hash = mirrorgate::hash::encode(&hasher.finalize());
+    let hash = mirrorgate::model::hash::encode(&hasher.finalize());
     let stream = futures::stream::iter(0..len_mib).map(move |i| Ok(stamp(i)));
     (stream, hash)
 }
@@ -450,7 +450,7 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     while let Some(chunk) = body.next().await {
         hasher.update(chunk.unwrap());
     }
-    assert_eq!(mirrorgate::hash::encode(&hasher.finalize()), hash);
+    assert_eq!(mirrorgate::model::hash::encode(&hasher.finalize()), hash);
 }
 
 /// Sends a request head and `sent` bytes of a `declared`-byte body, then closes the socket.

@@ -488,7 +488,10 @@ async fn hash_download(resp: Response) -> (u64, String) {
         received += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    (received, mirrorgate::hash::encode(&hasher.finalize()))
+    (
+        received,
+        mirrorgate::model::hash::encode(&hasher.finalize()),
+    )
 }
 
 // Multi-threaded, so the RSS sampler runs while the test task is busy hashing.
@@ -507,7 +510,7 @@ async fn one_gib_crosses_two_hops_in_bounded_memory() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    let sent_hash = mirrorgate::hash::encode(&hasher.lock().unwrap().clone().finalize());
+    let sent_hash = mirrorgate::model::hash::encode(&hasher.lock().unwrap().clone().finalize());
 
     let r = client()
         .get(local(c, &format!("{BUCKET}/big.bin")))

@@ -37,7 +37,6 @@ use http::{HeaderMap, Method};
 pub use keys::{Principal, Rejection, Verifier};
 pub use token::TOKEN_PATH;
 
-use crate::app::AppState;
 use crate::config::Config;
 use crate::http::common::family_of;
 use crate::http::ratelimit::{retry_after_secs, RateLimits};
@@ -269,7 +268,7 @@ pub fn layer(auth: &Arc<Auth>) -> AuthLayer {
 }
 
 /// `POST /api/2/idp/token`.
-pub fn routes(auth: &Arc<Auth>) -> Router<AppState> {
+pub fn routes<S: Clone + Send + Sync + 'static>(auth: &Arc<Auth>) -> Router<S> {
     Router::new()
         .route(TOKEN_PATH, post(token::issue_token))
         .with_state(auth.clone())

@@ -8,17 +8,12 @@ use axum::extract::{FromRequestParts, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tracing::Instrument;
 
 use crate::error::Error;
 
-pub const OP_ID: HeaderName = HeaderName::from_static("x-clonecloudstore-op-id");
-pub const MODULE: HeaderName = HeaderName::from_static("x-clonecloudstore-module");
-pub const ERROR: HeaderName = HeaderName::from_static("x-clonecloudstore-error");
-pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-clonecloudstore-client-id");
-pub const TARGET_ID: HeaderName = HeaderName::from_static("x-clonecloudstore-target-id");
-pub const TYPE: HeaderName = HeaderName::from_static("x-clonecloudstore-type");
+pub use crate::core::wire::{CLIENT_ID, ERROR, MODULE, OP_ID, TARGET_ID, TYPE};
 
 /// The op-id of the current request (set by [`common_protocol`]).
 #[derive(Debug, Clone)]

@@ -5,4 +5,3 @@ pub mod common;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;
-pub mod tls;

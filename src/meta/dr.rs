@@ -58,7 +58,7 @@ impl MetaStore {
                 .bind(uuid)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let current = current.unwrap_or_else(|| crate::dr::status::STAND_BY.to_owned());
+        let current = current.unwrap_or_else(|| crate::model::dr::status::STAND_BY.to_owned());
         if !from.contains(&current.as_str()) {
             return Ok(false);
         }

@@ -2,7 +2,7 @@
 
 use super::{MetaStore, Object};
 use crate::error::{Error, Result};
-use crate::replication::order::Order;
+use crate::model::order::Order;
 
 impl MetaStore {
     /// Records an object READY with its size and hash. A name that is taken stays as it is and
@@ -52,7 +52,7 @@ mod tests {
             site: "site-a".into(),
             bucket: "b1".into(),
             name: name.into(),
-            hash: Some(crate::hash::of(b"x")),
+            hash: Some(crate::model::hash::of(b"x")),
             status: Status::Ready,
             creation: chrono::Utc::now(),
             expires: None,

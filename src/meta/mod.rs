@@ -3,7 +3,6 @@
 
 pub mod dr;
 mod import;
-pub mod model;
 pub mod replicas;
 pub mod replication;
 pub mod tasks;
@@ -19,8 +18,8 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
-use crate::replication::order::Order;
-pub use model::{Bucket, Object, Status, Topology, TopologyStatus};
+pub use crate::model::object::{Bucket, Object, Status, Topology, TopologyStatus};
+use crate::model::order::Order;
 
 #[derive(Clone)]
 pub struct MetaStore {
@@ -121,7 +120,7 @@ impl MetaStore {
         sqlx::query("INSERT INTO ownerships (client_id, bucket, rights) VALUES ($1, $2, $3)")
             .bind(&bucket.client_id)
             .bind(&bucket.name)
-            .bind(model::rights::OWNER)
+            .bind(crate::model::object::rights::OWNER)
             .execute(&mut *tx)
             .await?;
         replication::insert_orders(&mut tx, orders).await?;
@@ -523,8 +522,10 @@ fn bucket_from_row(r: &SqliteRow) -> Bucket {
         id: r.get("id"),
         client_id: r.get("client_id"),
         site: r.get("site"),
-        creation: model::from_millis(r.get("creation")),
-        expires: r.get::<Option<i64>, _>("expires").map(model::from_millis),
+        creation: crate::model::object::from_millis(r.get("creation")),
+        expires: r
+            .get::<Option<i64>, _>("expires")
+            .map(crate::model::object::from_millis),
         status: Status::parse(r.get("status")).unwrap_or(Status::Unknown),
     }
 }
@@ -538,8 +539,10 @@ fn object_from_row(r: &SqliteRow) -> Result<Object> {
         site: r.get("site"),
         hash: r.get("hash"),
         status: Status::parse(r.get("status")).unwrap_or(Status::Unknown),
-        creation: model::from_millis(r.get("creation")),
-        expires: r.get::<Option<i64>, _>("expires").map(model::from_millis),
+        creation: crate::model::object::from_millis(r.get("creation")),
+        expires: r
+            .get::<Option<i64>, _>("expires")
+            .map(crate::model::object::from_millis),
         size: r.get::<i64, _>("size") as u64,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| Error::internal(format!("stored metadata: {e}")))?,

@@ -7,8 +7,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::replication::now_ms;
 use super::{MetaStore, Object};
-use crate::catalogue::model::{BadReplica, BadState, Replica, ReplicaState};
 use crate::error::Result;
+use crate::model::replica::{BadReplica, BadState, Replica, ReplicaState};
 
 const REPLICA_COLUMNS: &str = "bucket, name, site, state, bytes, sha256, adler32, tombstone, lock_cnt, error_message, created_at, updated_at, accessed_at";
 const BAD_COLUMNS: &str =

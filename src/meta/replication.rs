@@ -9,7 +9,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::MetaStore;
 use crate::error::Result;
-use crate::replication::order::{Action, Order, OrderStatus};
+use crate::model::order::{Action, Order, OrderStatus};
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -470,7 +470,7 @@ impl MetaStore {
             "definition": head.get::<String, _>("definition"),
             "task": head.get::<String, _>("task"),
             "target": head.get::<String, _>("target"),
-            "created": super::model::format_time(&super::model::from_millis(head.get("created"))),
+            "created": crate::model::object::format_time(&crate::model::object::from_millis(head.get("created"))),
         });
         Ok(Some((header, entries)))
     }

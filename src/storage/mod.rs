@@ -2,7 +2,6 @@
 //! holds bytes. A write is staged by an [`ObjectWriter`] and becomes visible only on `commit`.
 
 pub mod fs;
-pub mod import;
 pub mod s3;
 
 use std::pin::Pin;

@@ -475,7 +475,7 @@ fn hash_from_metadata(metadata: &HashMap<String, String>) -> Option<String> {
     [HASH_METADATA, "sha256"]
         .iter()
         .find_map(|k| metadata.get(*k))
-        .and_then(|h| crate::hash::normalize(h))
+        .and_then(|h| crate::model::hash::normalize(h))
 }
 
 fn hash_metadata(sha256: &str) -> HashMap<String, String> {
@@ -1057,7 +1057,7 @@ mod tests {
 
     #[test]
     fn hash_is_read_from_either_metadata_key() {
-        let h = crate::hash::of(b"x");
+        let h = crate::model::hash::of(b"x");
         let ours = HashMap::from([(HASH_METADATA.to_owned(), h.clone())]);
         let theirs = HashMap::from([("sha256".to_owned(), h.to_uppercase())]);
         assert_eq!(hash_from_metadata(&ours), Some(h.clone()));

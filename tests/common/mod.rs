@@ -231,7 +231,7 @@ where
 
 /// CCS hash (SHA-256, base32hex lowercase, no padding).
 pub fn ccs_hash(data: &[u8]) -> String {
-    mirrorgate::hash::of(data)
+    mirrorgate::model::hash::of(data)
 }
 
 /// Deterministic pseudo-random bytes.

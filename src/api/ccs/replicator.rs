@@ -1,0 +1,391 @@
+//! CCS replicator routes. `/replicator/remote/...` answers from this site's own store;
+//! `/replicator/local/...` finds the object through the topology and streams it from the site
+//! that holds it, verifying size and SHA-256 on the way.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::TryStreamExt;
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use super::accessor::{self, object_type, readable_bucket, readable_object, serve_object, type_header};
+use crate::core::objects;
+use crate::core::stream::Verify;
+use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE};
+use crate::engines::topology::{Caller, Located, Target};
+use crate::error::{Error, Kind, Result};
+use crate::http::common::{no_content, ClientId, OpId, CLIENT_ID, OP_ID, TARGET_ID};
+use crate::state::AppState;
+use crate::storage::ByteStream;
+
+/// Reads a peer makes of this site's own copies (trust class: peer).
+pub fn remote_routes() -> Router<AppState> {
+    Router::new()
+        .route("/replicator/remote/inventory", get(inventory))
+        .route(
+            "/replicator/remote/buckets/{bucket}",
+            get(accessor::get_bucket).head(accessor::head_bucket),
+        )
+        .route(
+            "/replicator/remote/buckets/{bucket}/{*object}",
+            get(remote_get_object).head(remote_head_object),
+        )
+}
+
+/// Reads a client makes through the topology (trust class: client).
+pub fn local_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/replicator/local/buckets/{bucket}",
+            get(local_get).head(local_head),
+        )
+        .route(
+            "/replicator/local/buckets/{bucket}/{*object}",
+            get(local_get).head(local_head),
+        )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CheckQuery {
+    #[serde(default)]
+    full_check: bool,
+}
+
+fn not_found_none() -> Response {
+    (StatusCode::NOT_FOUND, type_header("NONE")).into_response()
+}
+
+// ---- remote: this site's own store -------------------------------------------------------
+
+async fn remote_get_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path((bucket, name)): Path<(String, String)>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    serve_object(&state, obj, &op_id, &req_headers).await
+}
+
+async fn remote_head_object(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Query(q): Query<CheckQuery>,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    crate::model::names::check_object(&name)?;
+    if readable_bucket(&state, &client, &bucket).await.is_err() {
+        return Ok(not_found_none());
+    }
+    match object_type(&state, &bucket, &name).await? {
+        Some((kind, Some(obj))) => {
+            // fullCheck: the bytes must be in storage too, with the recorded size.
+            if q.full_check && state.storage.stat(&bucket, &name).await? != Some(obj.size) {
+                return Ok(not_found_none());
+            }
+            let mut h = crate::core::wire::object_headers(&obj);
+            h.extend(type_header(kind));
+            Ok(no_content(h))
+        }
+        Some((kind, None)) => Ok(no_content(type_header(kind))),
+        None => Ok(not_found_none()),
+    }
+}
+
+// ---- local: through the topology ---------------------------------------------------------
+
+fn pinned(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(&TARGET_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn with_target(mut resp: Response, site: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(site) {
+        resp.headers_mut().insert(TARGET_ID, v);
+    }
+    resp
+}
+
+/// `{bucket}` or `{bucket}/{*object}` of a local route, names checked.
+#[derive(Deserialize)]
+struct TargetPath {
+    bucket: String,
+    object: Option<String>,
+}
+
+impl TargetPath {
+    fn checked(self) -> Result<Target> {
+        crate::model::names::check_bucket(&self.bucket)?;
+        if let Some(name) = &self.object {
+            crate::model::names::check_object(name)?;
+        }
+        Ok(Target {
+            bucket: self.bucket,
+            object: self.object,
+        })
+    }
+}
+
+async fn local_head(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path(path): Path<TargetPath>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    let target = path.checked()?;
+    head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
+}
+
+async fn head_through(
+    state: &AppState,
+    target: &Target,
+    client: &str,
+    op_id: &str,
+    pinned: Option<String>,
+) -> Result<Response> {
+    let caller = Caller {
+        client_id: client,
+        op_id,
+    };
+    match state
+        .topology
+        .locate(target, &caller, pinned.as_deref())
+        .await?
+    {
+        Some(Located { site, kind }) => {
+            let kind: &'static str = match kind.as_str() {
+                "OBJECT" => "OBJECT",
+                "DIRECTORY" => "DIRECTORY",
+                _ => "BUCKET",
+            };
+            Ok(with_target(no_content(type_header(kind)), &site.id))
+        }
+        None => Ok(not_found_none()),
+    }
+}
+
+async fn local_get(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    OpId(op_id): OpId,
+    Path(path): Path<TargetPath>,
+    req_headers: HeaderMap,
+) -> Result<Response> {
+    let target = path.checked()?;
+    let caller = Caller {
+        client_id: &client,
+        op_id: &op_id,
+    };
+    fetch_through(&state, &target, &caller, pinned(&req_headers), &req_headers).await
+}
+
+/// Locates the target and streams it from the site holding it. A location that turns out
+/// stale (the site lost it, or is unreachable) is dropped and the lookup done once more.
+pub async fn fetch_through(
+    state: &AppState,
+    target: &Target,
+    caller: &Caller<'_>,
+    pinned: Option<String>,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
+    for attempt in 0..2 {
+        let Some(located) = state
+            .topology
+            .locate(target, caller, pinned.as_deref())
+            .await?
+        else {
+            return Err(Error::not_found(format!(
+                "{} not found at any site",
+                describe(target)
+            )));
+        };
+        match fetch_from(state, &located, target, caller, req_headers).await {
+            Err(e) if attempt == 0 && pinned.is_none() && worth_another_lookup(&e) => {
+                state
+                    .topology
+                    .invalidate(&target.bucket, target.object.as_deref());
+            }
+            other => return other.map(|resp| with_target(resp, &located.site.id)),
+        }
+    }
+    Err(Error::not_found(format!(
+        "{} not found at any site",
+        describe(target)
+    )))
+}
+
+/// The site no longer has it, or cannot be reached: the location (maybe cached) is stale,
+/// another site may hold a copy.
+fn worth_another_lookup(e: &Error) -> bool {
+    matches!(e.kind, Kind::NotFound | Kind::Gone | Kind::BadGateway)
+}
+
+fn describe(t: &Target) -> String {
+    match &t.object {
+        Some(o) => format!("object {}/{o}", t.bucket),
+        None => format!("bucket {}", t.bucket),
+    }
+}
+
+/// GETs the target from one site and relays the answer; object bytes are verified on the way.
+async fn fetch_from(
+    state: &AppState,
+    located: &Located,
+    target: &Target,
+    caller: &Caller<'_>,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
+    let site = &located.site;
+    let url = format!("{}{}", site.uri.trim_end_matches('/'), target.remote_path());
+    let json = target.object.is_none() || wants_json(req_headers);
+    let zstd = !json && wants_zstd(req_headers);
+    let mut request = state
+        .topology
+        .client()
+        .get(&url)
+        .header(CLIENT_ID, caller.client_id)
+        .header(OP_ID, caller.op_id);
+    if json {
+        request = request.header(header::ACCEPT, "application/json");
+    } else {
+        request = request.header(header::ACCEPT, "application/octet-stream");
+    }
+    if zstd {
+        request = request.header(header::ACCEPT_ENCODING, "zstd");
+    }
+    let started = Instant::now();
+    let resp = request.send().await;
+    state.topology.record(&site.id, resp.is_ok(), started);
+    let resp = resp.map_err(|e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("site {} unreachable: {e}", site.id),
+        )
+    })?;
+    if !resp.status().is_success() {
+        return Err(relay_error(&site.id, &resp));
+    }
+    let mut out = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        let n = name.as_str();
+        if (n.starts_with("x-clonecloudstore-") && name != OP_ID && n != "x-clonecloudstore-module")
+            || name == header::CONTENT_TYPE
+            || name == header::CONTENT_ENCODING
+            || (name == header::CONTENT_LENGTH && !zstd)
+        {
+            out.insert(HeaderName::from(name), value.clone());
+        }
+    }
+    let body = relay_body(&site.id, resp, caller.op_id, zstd, json)?;
+    let stream: ByteStream = Box::pin(objects::Metered::new(body));
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.headers_mut() = out;
+    Ok(response)
+}
+
+/// The peer's body as a stream; object bytes are wrapped in verification of the size and
+/// hash the peer announced.
+fn relay_body(
+    site: &str,
+    resp: reqwest::Response,
+    op_id: &str,
+    zstd: bool,
+    json: bool,
+) -> Result<ByteStream> {
+    let header_text = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let expected_hash = header_text(HASH);
+    let expected_size = header_text(SIZE).and_then(|s| s.parse::<u64>().ok());
+    let raw = into_stream(resp, site.to_owned());
+    if json {
+        return Ok(raw);
+    }
+    let (Some(hash), Some(size)) = (expected_hash, expected_size) else {
+        return Err(Error::upstream(
+            Kind::BadGateway,
+            format!("site {site} sent an object without size and hash"),
+        ));
+    };
+    let (op_id, peer) = (op_id.to_owned(), site.to_owned());
+    let on_mismatch = Box::new(move |what: &str| {
+        metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "peer").increment(1);
+        tracing::error!(op_id = %op_id, peer = %peer, "integrity failure on read-through, transfer aborted: {what}");
+    });
+    Ok(if zstd {
+        Box::pin(Verify::compressed(raw, &hash, size, on_mismatch)?)
+    } else {
+        Box::pin(Verify::new(raw, &hash, size, on_mismatch))
+    })
+}
+
+/// Maps a peer's error status to ours, keeping its message.
+fn relay_error(site: &str, resp: &reqwest::Response) -> Error {
+    let message = resp
+        .headers()
+        .get(crate::http::common::ERROR)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let kind = match resp.status() {
+        StatusCode::NOT_FOUND => Kind::NotFound,
+        StatusCode::GONE => Kind::Gone,
+        StatusCode::FORBIDDEN => Kind::Forbidden,
+        StatusCode::BAD_REQUEST => Kind::BadRequest,
+        StatusCode::NOT_ACCEPTABLE => Kind::NotAcceptable,
+        _ => Kind::BadGateway,
+    };
+    Error::upstream(
+        kind,
+        format!("site {site} answered {}: {message}", resp.status()),
+    )
+}
+
+fn into_stream(resp: reqwest::Response, site: String) -> ByteStream {
+    Box::pin(resp.bytes_stream().map_err(move |e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("stream from site {site} broke: {e}"),
+        )
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InventoryQuery {
+    after_bucket: Option<String>,
+    after_name: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /replicator/remote/inventory`: this site's READY objects (bucket, name, size, hash,
+/// owner) as NDJSON, one page in (bucket, name) order. Used between sites (DR test failover).
+async fn inventory(
+    State(state): State<AppState>,
+    Query(q): Query<InventoryQuery>,
+) -> Result<Response> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = q.after_bucket.as_deref().zip(q.after_name.as_deref());
+    let items = state.meta.inventory(after, limit).await?;
+    let mut body = Vec::new();
+    for item in &items {
+        serde_json::to_writer(&mut body, item).map_err(|e| Error::internal(e.to_string()))?;
+        body.push(b'\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}

@@ -1,0 +1,449 @@
+//! Streaming adapters on the data path. Chunks are `Bytes` passed through bounded channels;
+//! nothing buffers a whole object.
+//!
+//! - [`Verify`] hashes while it forwards and holds the last chunk back until the hash is checked,
+//!   so a corrupt object never reaches a client as a complete-looking body.
+//! - [`zstd_encode`] / [`zstd_decode`] run the codec on a blocking thread, fed and drained
+//!   through bounded channels, so compression never stalls the reactor and backpressure holds.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream_shim::ReceiverStream;
+use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+
+use crate::error::{Error, Kind, Origin, Result};
+use crate::model::hash;
+use crate::storage::ByteStream;
+
+/// zstd output chunk size, and the depth of each codec channel.
+const CODEC_CHUNK: usize = 256 * 1024;
+const CODEC_DEPTH: usize = 4;
+/// Level used on the wire: fast, the link is the bottleneck rarely enough.
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Called once when verification fails, with a description of the mismatch.
+pub type OnMismatch = Box<dyn FnOnce(&str) + Send>;
+
+/// Forwards a stream while hashing it; the final chunk is released only if size and SHA-256
+/// match what the metadata says. In compressed mode the stream is zstd and passes through as
+/// is, while a decompressed copy of each chunk is hashed (size and hash describe the
+/// uncompressed bytes).
+pub struct Verify {
+    inner: ByteStream,
+    hasher: Sha256,
+    decoder: Option<(Decoder<'static>, Vec<u8>)>,
+    held: Option<Bytes>,
+    seen: u64,
+    expected_hash: String,
+    expected_size: u64,
+    on_mismatch: Option<OnMismatch>,
+    done: bool,
+}
+
+impl Verify {
+    pub fn new(
+        inner: ByteStream,
+        expected_hash: &str,
+        expected_size: u64,
+        on_mismatch: OnMismatch,
+    ) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            decoder: None,
+            held: None,
+            seen: 0,
+            expected_hash: expected_hash.to_owned(),
+            expected_size,
+            on_mismatch: Some(on_mismatch),
+            done: false,
+        }
+    }
+
+    /// Verifies a zstd stream that is forwarded compressed.
+    pub fn compressed(
+        inner: ByteStream,
+        expected_hash: &str,
+        expected_size: u64,
+        on_mismatch: OnMismatch,
+    ) -> Result<Self> {
+        let decoder = Decoder::new().map_err(|e| Error::internal(format!("zstd: {e}")))?;
+        let mut v = Self::new(inner, expected_hash, expected_size, on_mismatch);
+        v.decoder = Some((decoder, vec![0u8; CODEC_CHUNK]));
+        Ok(v)
+    }
+
+    /// Hashes a chunk (its decompressed form in compressed mode).
+    fn absorb(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let Some((decoder, scratch)) = &mut self.decoder else {
+            self.hasher.update(chunk);
+            self.seen += chunk.len() as u64;
+            return Ok(());
+        };
+        let mut src = InBuffer::around(chunk);
+        loop {
+            let mut dst = OutBuffer::around(&mut scratch[..]);
+            decoder.run(&mut src, &mut dst)?;
+            let n = dst.pos();
+            self.hasher.update(&scratch[..n]);
+            self.seen += n as u64;
+            if src.pos() >= chunk.len() && n < scratch.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn fail(&mut self, what: String) -> Error {
+        self.done = true;
+        self.held = None;
+        if let Some(f) = self.on_mismatch.take() {
+            f(&what);
+        }
+        Error::new(Kind::Internal, Origin::Storage, what)
+    }
+
+    fn finish(&mut self) -> Option<Result<Bytes>> {
+        self.done = true;
+        let actual = hash::encode(&std::mem::take(&mut self.hasher).finalize());
+        if self.seen != self.expected_size {
+            let what = format!(
+                "size mismatch: {} bytes, expected {}",
+                self.seen, self.expected_size
+            );
+            return Some(Err(self.fail(what)));
+        }
+        if actual != self.expected_hash {
+            let what = format!(
+                "hash mismatch: bytes hash {actual}, expected {}",
+                self.expected_hash
+            );
+            return Some(Err(self.fail(what)));
+        }
+        self.held.take().map(Ok)
+    }
+}
+
+impl Stream for Verify {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Err(e) = self.absorb(&chunk) {
+                        return Poll::Ready(Some(Err(
+                            self.fail(format!("corrupt zstd stream: {e}"))
+                        )));
+                    }
+                    if self.seen > self.expected_size {
+                        let what = format!(
+                            "size mismatch: more than the expected {} bytes",
+                            self.expected_size
+                        );
+                        return Poll::Ready(Some(Err(self.fail(what))));
+                    }
+                    if let Some(previous) = self.held.replace(chunk) {
+                        return Poll::Ready(Some(Ok(previous)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => return Poll::Ready(self.finish()),
+            }
+        }
+    }
+}
+
+/// Compresses a stream with zstd on a blocking thread.
+pub fn zstd_encode(input: ByteStream) -> ByteStream {
+    codec_pipeline(input, || Encoder::new(ZSTD_LEVEL), true)
+}
+
+/// Decompresses a zstd stream on a blocking thread; output comes in bounded chunks, so a
+/// decompression bomb cannot grow memory.
+pub fn zstd_decode(input: ByteStream) -> ByteStream {
+    codec_pipeline(input, Decoder::new, false)
+}
+
+fn codec_error(e: impl std::fmt::Display, encode: bool) -> Error {
+    if encode {
+        Error::internal(format!("zstd compression failed: {e}"))
+    } else {
+        Error::bad_request(format!("invalid zstd body: {e}"))
+    }
+}
+
+fn codec_pipeline<O, F>(mut input: ByteStream, make: F, encode: bool) -> ByteStream
+where
+    O: Operation + 'static,
+    F: FnOnce() -> std::io::Result<O> + Send + 'static,
+{
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Bytes>>(CODEC_DEPTH);
+    let (out_tx, out_rx) = mpsc::channel::<Result<Bytes>>(CODEC_DEPTH);
+    tokio::spawn(async move {
+        while let Some(item) = input.next().await {
+            let stop = item.is_err();
+            if in_tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        let emit = |b: Bytes| out_tx.blocking_send(Ok(b)).is_ok();
+        let fail = |e: Error| {
+            let _ = out_tx.blocking_send(Err(e));
+        };
+        let mut op = match make() {
+            Ok(op) => op,
+            Err(e) => return fail(codec_error(e, encode)),
+        };
+        let mut hint = 0usize;
+        while let Some(item) = in_rx.blocking_recv() {
+            let chunk = match item {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match run_op(&mut op, &chunk, &emit) {
+                Ok(Some(h)) => hint = h,
+                Ok(None) => return, // consumer gone
+                Err(e) => return fail(codec_error(e, encode)),
+            }
+        }
+        let finished = if encode {
+            finish_encoder(&mut op, &emit)
+        } else {
+            finish_decoder(hint)
+        };
+        if let Err(e) = finished {
+            fail(codec_error(e, encode));
+        }
+    });
+    Box::pin(ReceiverStream::new(out_rx))
+}
+
+/// Feeds one input chunk through the codec, emitting full output buffers as they fill.
+/// Returns the codec's last hint, or None when the consumer has gone away.
+fn run_op<O: Operation>(
+    op: &mut O,
+    input: &[u8],
+    emit: &impl Fn(Bytes) -> bool,
+) -> std::io::Result<Option<usize>> {
+    let mut src = InBuffer::around(input);
+    let mut hint = 0;
+    loop {
+        let mut buf = vec![0u8; CODEC_CHUNK];
+        let mut dst = OutBuffer::around(&mut buf);
+        let consumed_before = src.pos();
+        let h = op.run(&mut src, &mut dst)?;
+        let written = dst.pos();
+        // A call that made no progress (after a frame ended exactly at a buffer boundary)
+        // reports the next frame's header hint; keep the hint of the last real progress.
+        if written > 0 || src.pos() > consumed_before {
+            hint = h;
+        }
+        let full = written == CODEC_CHUNK;
+        if written > 0 {
+            buf.truncate(written);
+            if !emit(Bytes::from(buf)) {
+                return Ok(None);
+            }
+        }
+        if src.pos() >= input.len() && !full {
+            return Ok(Some(hint));
+        }
+    }
+}
+
+fn finish_encoder<O: Operation>(op: &mut O, emit: &impl Fn(Bytes) -> bool) -> std::io::Result<()> {
+    loop {
+        let mut buf = vec![0u8; CODEC_CHUNK];
+        let mut dst = OutBuffer::around(&mut buf);
+        let remaining = op.finish(&mut dst, true)?;
+        let written = dst.pos();
+        if written > 0 {
+            buf.truncate(written);
+            if !emit(Bytes::from(buf)) {
+                return Ok(());
+            }
+        }
+        if remaining == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn finish_decoder(last_hint: usize) -> std::io::Result<()> {
+    // run_op drained every full output buffer already; a hint of 0 means the last frame ended.
+    if last_hint != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "truncated zstd stream",
+        ));
+    }
+    Ok(())
+}
+
+/// Minimal `Stream` over an mpsc receiver (keeps tokio-stream out of the dependency list).
+mod tokio_stream_shim {
+    use super::*;
+
+    pub struct ReceiverStream<T>(mpsc::Receiver<T>);
+
+    impl<T> ReceiverStream<T> {
+        pub fn new(rx: mpsc::Receiver<T>) -> Self {
+            Self(rx)
+        }
+    }
+
+    impl<T> Stream for ReceiverStream<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+pub use tokio_stream_shim::ReceiverStream as ChannelStream;
+
+/// A stream of the given chunks (tests and benches).
+pub fn from_chunks(chunks: Vec<Bytes>) -> ByteStream {
+    Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(mut s: ByteStream) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out)
+    }
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect()
+    }
+
+    fn chunks(data: &[u8], size: usize) -> Vec<Bytes> {
+        data.chunks(size).map(Bytes::copy_from_slice).collect()
+    }
+
+    #[tokio::test]
+    async fn verify_passes_good_bytes() {
+        let data = sample(1_000_000);
+        let s = Verify::new(
+            from_chunks(chunks(&data, 65536)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(|_| panic!()),
+        );
+        assert_eq!(collect(Box::pin(s)).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn verify_withholds_last_chunk_on_mismatch() {
+        let data = sample(300_000);
+        let mut bad = data.clone();
+        bad[299_999] ^= 1;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut s = Verify::new(
+            from_chunks(chunks(&bad, 100_000)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(move |w| tx.send(w.to_owned()).unwrap()),
+        );
+        let mut delivered = 0;
+        let mut failed = false;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(c) => delivered += c.len(),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed);
+        assert!(delivered < data.len(), "never a complete-looking body");
+        assert!(rx.recv().unwrap().contains("hash mismatch"));
+    }
+
+    #[tokio::test]
+    async fn verify_compressed_checks_the_uncompressed_bytes() {
+        let data = sample(2_000_000);
+        let compressed = zstd::encode_all(&data[..], 1).unwrap();
+        let good = Verify::compressed(
+            from_chunks(chunks(&compressed, 70_000)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(|_| panic!()),
+        )
+        .unwrap();
+        assert_eq!(collect(Box::pin(good)).await.unwrap(), compressed);
+        let other = sample(2_000_001);
+        let bad = Verify::compressed(
+            from_chunks(chunks(&compressed, 70_000)),
+            &hash::of(&other),
+            other.len() as u64,
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        assert!(collect(Box::pin(bad)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn zstd_round_trip_and_bounded_chunks() {
+        let data = sample(3_000_000);
+        let compressed = collect(zstd_encode(from_chunks(chunks(&data, 262_144))))
+            .await
+            .unwrap();
+        assert!(compressed.len() < data.len());
+        assert_eq!(zstd::decode_all(&compressed[..]).unwrap(), data);
+        let mut out = zstd_decode(from_chunks(chunks(&compressed, 1000)));
+        let mut back = Vec::new();
+        while let Some(c) = out.next().await {
+            let c = c.unwrap();
+            assert!(c.len() <= CODEC_CHUNK);
+            back.extend_from_slice(&c);
+        }
+        assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn zstd_bomb_comes_out_in_small_chunks() {
+        let zeros = vec![0u8; 64 * 1024 * 1024];
+        let compressed = zstd::encode_all(&zeros[..], 3).unwrap();
+        assert!(compressed.len() < 64 * 1024);
+        let mut out = zstd_decode(from_chunks(vec![Bytes::from(compressed)]));
+        let mut total = 0;
+        while let Some(c) = out.next().await {
+            let c = c.unwrap();
+            assert!(c.len() <= CODEC_CHUNK);
+            total += c.len();
+        }
+        assert_eq!(total, zeros.len());
+    }
+
+    #[tokio::test]
+    async fn truncated_or_garbage_zstd_is_an_error() {
+        let compressed = zstd::encode_all(&sample(100_000)[..], 1).unwrap();
+        let cut = compressed[..compressed.len() / 2].to_vec();
+        assert!(collect(zstd_decode(from_chunks(vec![Bytes::from(cut)])))
+            .await
+            .is_err());
+        let garbage = Bytes::from_static(b"this is not zstd at all");
+        assert!(collect(zstd_decode(from_chunks(vec![garbage])))
+            .await
+            .is_err());
+    }
+}

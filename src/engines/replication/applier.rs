@@ -1,0 +1,410 @@
+//! Receiving side: workers apply the inbox. An object order pulls the bytes from the source
+//! (or, if the source cannot serve a good copy, from another site that has one) and stores them
+//! through the same path as a client upload, so size and SHA-256 are verified before the
+//! replica becomes READY. Transient failures are retried with backoff; permanent ones and
+//! exhausted attempts end FAILED, which the source learns when it asks.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use http::HeaderMap;
+
+use super::backoff_ms;
+use super::Replication;
+use crate::core::objects::{self, Expected};
+use crate::core::wire::{parse_metadata, CREATION, EXPIRES, HASH, ID, METADATA, SITE, SIZE};
+use crate::core::wire::{CLIENT_ID, OP_ID};
+use crate::engines::topology::{Caller, Target};
+use crate::error::{Error, Kind, Result};
+use crate::meta::replication::{now_ms, InboxRow};
+use crate::meta::{Bucket, Object, Status, Topology};
+use crate::model::object::parse_time;
+use crate::model::order::WriteOrigin;
+use crate::model::order::{Action, Order};
+use crate::storage::ByteStream;
+
+/// A claim lasts this long and is extended while a transfer runs.
+const LEASE_MS: i64 = 60_000;
+const IDLE: Duration = Duration::from_millis(250);
+
+/// Why an order (or a pull) could not be applied.
+pub(crate) enum Failure {
+    /// Worth retrying later (peer down, network, busy).
+    Transient(String),
+    /// Retrying cannot help (forbidden, no good copy anywhere).
+    Permanent(String),
+}
+
+impl Failure {
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Failure::Transient(m) | Failure::Permanent(m) => m,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        if e.is_transient() || e.origin == crate::error::Origin::Upstream {
+            Failure::Transient(e.message)
+        } else {
+            Failure::Permanent(e.message)
+        }
+    }
+}
+
+/// One worker: claims due orders and applies them, forever.
+pub async fn work(state: Replication, worker: usize) {
+    loop {
+        match state.meta.claim_inbox(&state.site_id, LEASE_MS).await {
+            Ok(Some(row)) => apply_claimed(&state, row).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = state.service.inbox_ready.notified() => {},
+                    _ = tokio::time::sleep(IDLE) => {},
+                }
+            }
+            Err(e) => {
+                tracing::warn!(worker, "claiming an order: {e}");
+                tokio::time::sleep(IDLE).await;
+            }
+        }
+    }
+}
+
+async fn apply_claimed(state: &Replication, row: InboxRow) {
+    let op_id = row.order.op_id.clone();
+    let span = tracing::info_span!("order", op_id = %op_id, from = %row.order.from_site);
+    let _enter = span.enter();
+    let outcome = with_lease(state, row.seq, apply(state, &row)).await;
+    let recorded = match outcome {
+        Ok(()) => state.meta.inbox_done(row.seq).await,
+        Err(Failure::Permanent(why)) => {
+            tracing::warn!("order failed for good: {why}");
+            state.meta.inbox_attempt_failed(row.seq, &why, None).await
+        }
+        Err(Failure::Transient(why)) => {
+            let attempts = row.attempts + 1;
+            let next = (attempts < state.config.replication.max_attempts)
+                .then(|| now_ms() + backoff_ms(&state.config.replication, attempts));
+            tracing::info!(
+                attempts,
+                retry = next.is_some(),
+                "order attempt failed: {why}"
+            );
+            state.meta.inbox_attempt_failed(row.seq, &why, next).await
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::error!("recording the outcome of order {op_id}: {e}");
+    }
+}
+
+/// Runs `work` while extending the order's claim, so a long transfer keeps it.
+async fn with_lease<F: std::future::Future<Output = std::result::Result<(), Failure>>>(
+    state: &Replication,
+    seq: i64,
+    work: F,
+) -> std::result::Result<(), Failure> {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = ticker.tick() => {
+                if let Err(e) = state.meta.extend_claim(seq, LEASE_MS).await {
+                    tracing::warn!("extending an order's claim: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), Failure> {
+    let o = &row.order;
+    state
+        .topology
+        .invalidate(&o.bucket_name, o.object_name.as_deref());
+    match (&o.object_name, o.action) {
+        (None, Action::Delete) => delete_bucket(state, o).await,
+        (None, _) => ensure_bucket(state, o).await.map_err(Failure::from),
+        (Some(name), Action::Delete) => {
+            let origin = WriteOrigin::Replica {
+                from_site: o.from_site.clone(),
+            };
+            objects::delete(&state.site, &o.bucket_name, name, &origin)
+                .await
+                .or_else(ignore_missing)
+                .map_err(Failure::from)
+        }
+        (Some(name), _) => {
+            let outcome = replicate_object(state, row, name).await;
+            // A pull that stored no copy (failed, superseded) leaves no COPYING row behind.
+            crate::core::replicas::copy_ended(&state.site, &o.bucket_name, name).await;
+            outcome
+        }
+    }
+}
+
+fn ignore_missing(e: Error) -> Result<()> {
+    if matches!(e.kind, Kind::NotFound | Kind::Gone) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Creates the bucket for a peer's order (owner: the order's client) unless it exists.
+async fn ensure_bucket(state: &Replication, o: &Order) -> Result<()> {
+    if let Some(b) = state.meta.get_bucket(&o.bucket_name).await? {
+        if b.status == Status::Ready {
+            return Ok(());
+        }
+    }
+    let bucket = Bucket {
+        id: o.bucket_name.clone(),
+        name: o.bucket_name.clone(),
+        client_id: o.client_id.clone(),
+        site: o.from_site.clone(),
+        creation: chrono::Utc::now(),
+        expires: None,
+        status: Status::Ready,
+    };
+    state.storage.create_bucket(&bucket.name).await?;
+    match state.meta.create_bucket(&bucket, &[]).await {
+        Err(e) if e.kind == Kind::Conflict => Ok(()),
+        other => other,
+    }
+}
+
+async fn delete_bucket(state: &Replication, o: &Order) -> std::result::Result<(), Failure> {
+    let Some(b) = state.meta.get_bucket(&o.bucket_name).await? else {
+        return Ok(());
+    };
+    if b.status == Status::Deleted {
+        return Ok(());
+    }
+    if state.meta.bucket_has_objects(&o.bucket_name).await? {
+        // Its objects' DELETE orders may still be on their way.
+        return Err(Failure::Transient(format!(
+            "bucket {} is not empty yet",
+            o.bucket_name
+        )));
+    }
+    state.meta.delete_bucket(&o.bucket_name, &[]).await?;
+    state.storage.delete_bucket(&o.bucket_name).await?;
+    Ok(())
+}
+
+async fn replicate_object(
+    state: &Replication,
+    row: &InboxRow,
+    name: &str,
+) -> std::result::Result<(), Failure> {
+    let o = &row.order;
+    let want = o.hash.clone().unwrap_or_default();
+    ensure_bucket(state, o).await?;
+    if let Some(local) = state.meta.get_object(&o.bucket_name, name).await? {
+        match local.status {
+            Status::Ready if local.hash.as_deref() == Some(want.as_str()) => return Ok(()),
+            Status::Ready => {
+                // An UPDATE replaces the copy held here.
+                let origin = WriteOrigin::Replica {
+                    from_site: o.from_site.clone(),
+                };
+                objects::delete(&state.site, &o.bucket_name, name, &origin).await?;
+            }
+            Status::Upload => {
+                return Err(Failure::Transient(format!(
+                    "{}/{name} is being written here",
+                    o.bucket_name
+                )))
+            }
+            _ => {}
+        }
+    }
+    crate::core::replicas::copying(&state.site, o, name).await;
+    let mut last = match pull_from(state, o, name, &o.from_site).await {
+        Ok(()) => return Ok(()),
+        Err(f) => f,
+    };
+    if matches!(last, Failure::Transient(_)) && !source_gone(&last) {
+        return Err(last);
+    }
+    // The source cannot serve a good copy: superseded by a later order, or another site has it.
+    if state
+        .meta
+        .has_later_order(row.seq, &o.bucket_name, Some(name))
+        .await?
+    {
+        return Ok(());
+    }
+    let target = Target {
+        bucket: o.bucket_name.clone(),
+        object: Some(name.to_owned()),
+    };
+    let caller = Caller {
+        client_id: &o.client_id,
+        op_id: &o.op_id,
+    };
+    for peer in state
+        .topology
+        .up_peers()
+        .await?
+        .iter()
+        .filter(|p| p.id != o.from_site)
+    {
+        if state
+            .topology
+            .locate(&target, &caller, Some(&peer.id))
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            match pull_from(state, o, name, &peer.id).await {
+                Ok(()) => return Ok(()),
+                Err(f) => last = f,
+            }
+        }
+    }
+    Err(match last {
+        Failure::Permanent(why) | Failure::Transient(why) => {
+            Failure::Permanent(format!("no site holds a good copy: {why}"))
+        }
+    })
+}
+
+/// Whether a failure says the source does not (or no longer) hold a good copy.
+fn source_gone(f: &Failure) -> bool {
+    matches!(f, Failure::Transient(why) if why.contains("integrity"))
+}
+
+/// Streams the object from `site` into local storage, verified against the order.
+async fn pull_from(
+    state: &Replication,
+    o: &Order,
+    name: &str,
+    site: &str,
+) -> std::result::Result<(), Failure> {
+    let bucket = &o.bucket_name;
+    let (headers, body) = open_remote(
+        state,
+        site,
+        bucket,
+        name,
+        &o.client_id,
+        &o.op_id,
+        o.hash.as_deref(),
+    )
+    .await?;
+    let obj = replica_object(o, name, &headers);
+    let expected = Expected {
+        size: o.size,
+        hash: o.hash.clone(),
+    };
+    let origin = WriteOrigin::Replica {
+        from_site: o.from_site.clone(),
+    };
+    match objects::store(&state.site, obj, body, expected, &origin).await {
+        Ok(_) => {
+            crate::core::replicas::pulled_from(&state.site, bucket, name, site).await;
+            Ok(())
+        }
+        Err(e)
+            if e.message.contains("mismatch") || e.message.contains("larger than the declared") =>
+        {
+            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
+                .increment(1);
+            Err(Failure::Transient(format!(
+                "integrity: bytes of {bucket}/{name} from {site} do not match the order: {}",
+                e.message
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens `bucket/name` at `site` through its remote route (the site's own store), refusing a
+/// copy that announces another hash than `hash`. Used by replication and by repairs.
+pub(crate) async fn open_remote(
+    state: &Replication,
+    site: &str,
+    bucket: &str,
+    name: &str,
+    client_id: &str,
+    op_id: &str,
+    hash: Option<&str>,
+) -> std::result::Result<(HeaderMap, ByteStream), Failure> {
+    let peer: Topology = state.topology.peer(site).await?;
+    let url = format!(
+        "{}/replicator/remote/buckets/{bucket}/{name}",
+        peer.uri.trim_end_matches('/'),
+    );
+    let resp = state
+        .topology
+        .client()
+        .get(&url)
+        .header(CLIENT_ID, client_id)
+        .header(OP_ID, op_id)
+        .header(http::header::ACCEPT, "application/octet-stream")
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
+    match resp.status().as_u16() {
+        200 => {}
+        403 => {
+            return Err(Failure::Permanent(format!(
+                "site {site} refuses client {client_id}"
+            )))
+        }
+        404 | 410 => {
+            return Err(Failure::Permanent(format!(
+                "site {site} does not hold {bucket}/{name}"
+            )))
+        }
+        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
+    }
+    let announced = resp
+        .headers()
+        .get(HASH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if Some(announced.as_str()) != hash {
+        return Err(Failure::Permanent(format!(
+            "site {site} holds another version of {bucket}/{name}"
+        )));
+    }
+    let headers = resp.headers().clone();
+    let site_owned = site.to_owned();
+    let body: ByteStream = Box::pin(resp.bytes_stream().map_err(move |e| {
+        Error::upstream(
+            Kind::BadGateway,
+            format!("stream from site {site_owned} broke: {e}"),
+        )
+    }));
+    Ok((headers, body))
+}
+
+/// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).
+fn replica_object(o: &Order, name: &str, h: &HeaderMap) -> Object {
+    let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Object {
+        id: text(ID).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        site: text(SITE).unwrap_or_else(|| o.from_site.clone()),
+        bucket: o.bucket_name.clone(),
+        name: name.to_owned(),
+        hash: o.hash.clone(),
+        status: Status::Upload,
+        creation: text(CREATION)
+            .and_then(|t| parse_time(&t))
+            .unwrap_or_else(chrono::Utc::now),
+        expires: text(EXPIRES).and_then(|t| parse_time(&t)),
+        size: text(SIZE).and_then(|s| s.parse().ok()).unwrap_or(0),
+        metadata: text(METADATA)
+            .and_then(|m| parse_metadata(&m).ok())
+            .unwrap_or_default(),
+    }
+}

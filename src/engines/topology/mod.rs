@@ -1,0 +1,341 @@
+//! Topology lookup: which site holds a bucket or object. The UP peers are asked in parallel
+//! (`HEAD /replicator/remote/...`), the first positive answer wins. A peer that is down, slow
+//! or erroring never aborts the search: each has its own timeout, and a peer that keeps failing
+//! is skipped for a while, then tried again. Positive answers are cached; negative ones only
+//! briefly, and only when every asked peer answered cleanly.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::config::TopologyConfig;
+use crate::core::wire::{CLIENT_ID, OP_ID, TYPE};
+use crate::error::{Error, Kind, Result};
+use crate::meta::{MetaStore, Topology, TopologyStatus};
+
+/// What a lookup is about: a bucket, or an object (or directory) in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub bucket: String,
+    pub object: Option<String>,
+}
+
+impl Target {
+    /// Path of this target under `/replicator/remote/buckets`.
+    pub fn remote_path(&self) -> String {
+        match &self.object {
+            Some(o) => format!("/replicator/remote/buckets/{}/{o}", self.bucket),
+            None => format!("/replicator/remote/buckets/{}", self.bucket),
+        }
+    }
+}
+
+/// A positive answer: the site and the `x-clonecloudstore-type` it answered.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub site: Topology,
+    pub kind: String,
+}
+
+#[derive(Clone)]
+enum Cached {
+    Found(Located),
+    Missing,
+}
+
+struct CacheEntry {
+    value: Cached,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct PeerHealth {
+    consecutive_failures: u32,
+    skip_until: Option<Instant>,
+}
+
+/// Who the caller is, forwarded to the peer.
+pub struct Caller<'a> {
+    pub client_id: &'a str,
+    pub op_id: &'a str,
+}
+
+pub struct TopologyService {
+    self_id: String,
+    config: TopologyConfig,
+    meta: MetaStore,
+    client: reqwest::Client,
+    cache: DashMap<Target, CacheEntry>,
+    health: DashMap<String, PeerHealth>,
+    peers: RwLock<Option<(Instant, Arc<Vec<Topology>>)>>,
+}
+
+/// How long the list of peers is reused before it is read again from the metadata store.
+const PEERS_REFRESH: Duration = Duration::from_secs(5);
+
+impl TopologyService {
+    pub fn new(
+        self_id: String,
+        config: TopologyConfig,
+        meta: MetaStore,
+        client: reqwest::Client,
+    ) -> Self {
+        Self {
+            self_id,
+            config,
+            meta,
+            client,
+            cache: DashMap::new(),
+            health: DashMap::new(),
+            peers: RwLock::new(None),
+        }
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.peer_timeout_ms)
+    }
+
+    /// Forget the cached peer list (the administration API changed it), and every cached
+    /// answer with it: a site that left may be cached as a holder, one that joined may hold
+    /// what is cached as found nowhere.
+    pub fn peers_changed(&self) {
+        *self.peers.write().expect("peers lock") = None;
+        self.cache.clear();
+    }
+
+    /// Drop what the cache knows about a bucket or object (a write or an order touched it).
+    pub fn invalidate(&self, bucket: &str, object: Option<&str>) {
+        self.cache.remove(&Target {
+            bucket: bucket.to_owned(),
+            object: object.map(str::to_owned),
+        });
+        if object.is_none() {
+            self.cache.retain(|k, _| k.bucket != bucket);
+        }
+    }
+
+    /// The UP peers, this site excluded: the ones asked in lookups.
+    pub async fn up_peers(&self) -> Result<Arc<Vec<Topology>>> {
+        self.peers_where(|t| t.status == TopologyStatus::Up).await
+    }
+
+    /// The peers that get replication orders: UP ones, and DOWN ones, whose orders wait until
+    /// they are UP again (a failed-over primary still receives what changed meanwhile).
+    pub async fn replication_peers(&self) -> Result<Arc<Vec<Topology>>> {
+        self.peers_where(|t| matches!(t.status, TopologyStatus::Up | TopologyStatus::Down))
+            .await
+    }
+
+    async fn peers_where(&self, keep: impl Fn(&Topology) -> bool) -> Result<Arc<Vec<Topology>>> {
+        let all = self.all_peers().await?;
+        Ok(Arc::new(all.iter().filter(|t| keep(t)).cloned().collect()))
+    }
+
+    /// Every peer of the topology, this site excluded, cached for a few seconds.
+    async fn all_peers(&self) -> Result<Arc<Vec<Topology>>> {
+        if let Some((at, peers)) = self.peers.read().expect("peers lock").as_ref() {
+            if at.elapsed() < PEERS_REFRESH {
+                return Ok(peers.clone());
+            }
+        }
+        let peers: Vec<Topology> = self
+            .meta
+            .list_topologies(None)
+            .await?
+            .into_iter()
+            .filter(|t| t.id != self.self_id)
+            .collect();
+        let peers = Arc::new(peers);
+        *self.peers.write().expect("peers lock") = Some((Instant::now(), peers.clone()));
+        Ok(peers)
+    }
+
+    /// A peer by id, whatever its status (for pinned lookups and replication).
+    pub async fn peer(&self, id: &str) -> Result<Topology> {
+        self.meta
+            .get_topology(id)
+            .await?
+            .filter(|t| t.status != TopologyStatus::Deleted)
+            .ok_or_else(|| Error::not_found(format!("site {id} is not in the topology")))
+    }
+
+    /// Finds a site holding the target. `pinned` restricts the search to that site.
+    pub async fn locate(
+        &self,
+        target: &Target,
+        caller: &Caller<'_>,
+        pinned: Option<&str>,
+    ) -> Result<Option<Located>> {
+        if let Some(site) = pinned {
+            let peer = self.peer(site).await?;
+            return self.ask(&peer, target, caller).await;
+        }
+        if let Some(hit) = self.cached(target) {
+            metrics::counter!("mirrorgate_topology_cache_total", "result" => "hit").increment(1);
+            return Ok(hit);
+        }
+        metrics::counter!("mirrorgate_topology_cache_total", "result" => "miss").increment(1);
+        let peers = self.up_peers().await?;
+        let mut asked = FuturesUnordered::new();
+        let mut skipped = 0;
+        for peer in peers.iter() {
+            if self.is_skipped(&peer.id) {
+                skipped += 1;
+                continue;
+            }
+            asked.push(self.ask(peer, target, caller));
+        }
+        let mut clean = skipped == 0;
+        while let Some(answer) = asked.next().await {
+            match answer {
+                Ok(Some(found)) => {
+                    metrics::counter!("mirrorgate_topology_lookups_total", "result" => "found")
+                        .increment(1);
+                    self.remember(
+                        target,
+                        Cached::Found(found.clone()),
+                        self.config.positive_ttl_ms,
+                    );
+                    return Ok(Some(found));
+                }
+                Ok(None) => {}
+                Err(_) => clean = false,
+            }
+        }
+        metrics::counter!("mirrorgate_topology_lookups_total", "result" => "not_found")
+            .increment(1);
+        if clean {
+            self.remember(target, Cached::Missing, self.config.negative_ttl_ms);
+        }
+        Ok(None)
+    }
+
+    fn cached(&self, target: &Target) -> Option<Option<Located>> {
+        let entry = self.cache.get(target)?;
+        if entry.until < Instant::now() {
+            drop(entry);
+            self.cache.remove(target);
+            return None;
+        }
+        Some(match &entry.value {
+            Cached::Found(l) => Some(l.clone()),
+            Cached::Missing => None,
+        })
+    }
+
+    fn remember(&self, target: &Target, value: Cached, ttl_ms: u64) {
+        if ttl_ms > 0 {
+            let until = Instant::now() + Duration::from_millis(ttl_ms);
+            self.cache
+                .insert(target.clone(), CacheEntry { value, until });
+        }
+    }
+
+    fn is_skipped(&self, peer: &str) -> bool {
+        self.health
+            .get(peer)
+            .and_then(|h| h.skip_until)
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Records the outcome of a call to a peer (for skipping peers that keep failing).
+    pub fn record(&self, peer: &str, ok: bool, started: Instant) {
+        metrics::histogram!("mirrorgate_peer_request_duration_seconds", "peer" => peer.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        let mut h = self.health.entry(peer.to_owned()).or_default();
+        if ok {
+            h.consecutive_failures = 0;
+            h.skip_until = None;
+        } else {
+            metrics::counter!("mirrorgate_peer_errors_total", "peer" => peer.to_owned())
+                .increment(1);
+            h.consecutive_failures += 1;
+            if h.consecutive_failures >= self.config.peer_failure_threshold {
+                h.skip_until =
+                    Some(Instant::now() + Duration::from_millis(self.config.peer_backoff_ms));
+                tracing::warn!(
+                    peer,
+                    failures = h.consecutive_failures,
+                    "peer keeps failing: skipped for a while"
+                );
+            }
+            let newly_failing = h.consecutive_failures == 1;
+            drop(h);
+            if newly_failing {
+                self.forget_site(peer);
+            }
+        }
+    }
+
+    /// Drops every cached location at a site that just failed, so no later lookup is sent
+    /// to it from the cache. Done once per failure episode: a failing site answers no
+    /// lookup positively, so nothing new gets cached at it meanwhile.
+    fn forget_site(&self, peer: &str) {
+        self.cache
+            .retain(|_, e| !matches!(&e.value, Cached::Found(l) if l.site.id == peer));
+    }
+
+    /// Asks one peer whether it holds the target: Some on 204 with a positive type, None on
+    /// 404, Err on anything else (timeout, connection error, 5xx).
+    async fn ask(
+        &self,
+        peer: &Topology,
+        target: &Target,
+        caller: &Caller<'_>,
+    ) -> Result<Option<Located>> {
+        let started = Instant::now();
+        let url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
+        let sent = self
+            .client
+            .head(&url)
+            .header(CLIENT_ID, caller.client_id)
+            .header(OP_ID, caller.op_id)
+            .timeout(self.peer_timeout())
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(resp) if resp.status().is_success() => {
+                let kind = resp
+                    .headers()
+                    .get(TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                if matches!(kind.as_str(), "OBJECT" | "BUCKET" | "DIRECTORY") {
+                    Ok(Some(Located {
+                        site: peer.clone(),
+                        kind,
+                    }))
+                } else {
+                    Ok(None)
+                }
+            }
+            Ok(resp)
+                if resp.status() == http::StatusCode::NOT_FOUND
+                    || resp.status() == http::StatusCode::GONE =>
+            {
+                Ok(None)
+            }
+            Ok(resp) if resp.status().is_client_error() => Ok(None),
+            Ok(resp) => Err(Error::upstream(
+                Kind::BadGateway,
+                format!("site {} answered {}", peer.id, resp.status()),
+            )),
+            Err(e) => Err(Error::upstream(
+                Kind::BadGateway,
+                format!("site {} unreachable: {e}", peer.id),
+            )),
+        };
+        self.record(&peer.id, answer.is_ok(), started);
+        if let Err(e) = &answer {
+            tracing::info!(peer = %peer.id, "lookup: {e}");
+        }
+        answer
+    }
+}
