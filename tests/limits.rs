@@ -78,6 +78,61 @@ async fn a_silent_connection_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_stalled_tls_handshake_is_closed_after_the_header_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    std::fs::write(&cert_file, key.cert.pem()).unwrap();
+    std::fs::write(&key_file, key.key_pair.serialize_pem()).unwrap();
+    let site = Site::start(
+        "site-a",
+        &format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[limits]\nheader_read_timeout_ms = 1000\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    );
+    assert!(site.url.starts_with("https://"));
+    let start = Instant::now();
+    let mut stalled = TcpStream::connect(&site.addr).await.unwrap();
+    // The first bytes of a TLS record header, then nothing.
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let (_, closed) = read_until_closed(&mut stalled, WAIT).await;
+    let elapsed = start.elapsed();
+    assert!(closed, "a stalled TLS handshake is cut");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_http2_connection_is_closed_after_the_header_timeout() {
+    let site = Site::start(
+        "site-a",
+        "[limits]\nheader_read_timeout_ms = 1000\nidle_timeout_secs = 30\n",
+    );
+    let start = Instant::now();
+    let mut socket = TcpStream::connect(&site.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then no request.
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (reply, closed) = read_until_closed(&mut socket, WAIT).await;
+    let elapsed = start.elapsed();
+    assert!(closed, "an HTTP/2 connection without a request is closed");
+    assert!(
+        !reply.is_empty(),
+        "the server spoke HTTP/2 (SETTINGS, GOAWAY)"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let site = Site::start(
         "site-a",
@@ -147,6 +202,10 @@ async fn a_trickling_upload_is_aborted_and_leaves_nothing() {
     assert!(read.is_ok(), "the trickling upload is cut within {WAIT:?}");
     assert!(start.elapsed() < Duration::from_secs(8));
     let status = status_of(&reply);
+    eprintln!(
+        "TRICKLE STATUS {status} {:?}",
+        String::from_utf8_lossy(&reply)
+    );
     assert_ne!(status, 201, "the trickling upload did not succeed");
 
     assert!(
@@ -167,6 +226,36 @@ async fn a_trickling_upload_is_aborted_and_leaves_nothing() {
         .unwrap();
     assert_eq!(fast.status(), 200);
     assert_eq!(fast.bytes().await.unwrap().len(), 1 << 20);
+}
+
+#[tokio::test]
+async fn an_upload_above_the_minimum_rate_succeeds() {
+    let site = Site::start(
+        "site-a",
+        "[limits]\nmin_body_rate_bytes_per_sec = 2000\nbody_rate_grace_secs = 1\n",
+    );
+    create_bucket(&site, BUCKET).await;
+    // 1000 bytes every 100 ms (10 kB/s) for 2.5 s: slow, but five times the minimum.
+    let chunks = futures::stream::unfold(0u32, |i| async move {
+        if i == 25 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(data(1000, u64::from(i))), i + 1))
+    });
+    let r = tokio::time::timeout(
+        WAIT,
+        client()
+            .post(site.url(&format!("/cloudclonestore/{BUCKET}/steady")))
+            .header("content-length", "25000")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send(),
+    )
+    .await
+    .expect("bounded")
+    .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    assert_eq!(site.metric("mirrorgate_slow_bodies_total").await, 0.0);
 }
 
 #[tokio::test]
