@@ -619,3 +619,95 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::SinkExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    type Sender = futures::channel::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+    fn body(
+        window_ms: u64,
+        min_bytes: u64,
+    ) -> (
+        Sender,
+        MinRateBody<impl http_body::Body<Data = Bytes, Error = Infallible> + Unpin>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::channel(16);
+        let body = MinRateBody::new(
+            StreamBody::new(rx),
+            min_bytes,
+            Duration::from_millis(window_ms),
+        );
+        (tx, body)
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_after_the_window() {
+        let (mut tx, mut body) = body(200, 1000);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        assert!(body.frame().await.unwrap().is_ok());
+        let err = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the stall is detected without new data")
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("too slow"), "{err}");
+        assert!(start.elapsed() >= Duration::from_millis(190));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn time_the_reader_does_not_poll_is_not_counted() {
+        let (mut tx, mut body) = body(100, 1000);
+        for _ in 0..4 {
+            tx.send(Ok(Frame::data(Bytes::from(vec![0u8; 100]))))
+                .await
+                .unwrap();
+        }
+        drop(tx);
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            total += frame.unwrap().into_data().unwrap().len();
+            // A slow consumer (back-pressure), far longer than the window.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(total, 400);
+    }
+
+    #[tokio::test]
+    async fn a_steady_body_passes_window_after_window() {
+        let (mut tx, mut body) = body(100, 100);
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                tx.send(Ok(Frame::data(Bytes::from(vec![0u8; 50]))))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut total = 0;
+        while let Some(frame) = body.frame().await {
+            total += frame.unwrap().into_data().unwrap().len();
+        }
+        sender.await.unwrap();
+        assert_eq!(total, 500);
+    }
+
+    #[test]
+    fn the_h2_head_size_counts_fields_and_pseudo_headers() {
+        let req = Request::builder()
+            .uri("http://a/b")
+            .header("x-k", "vv")
+            .body(())
+            .unwrap();
+        // :method GET, :path /b, :scheme http, :authority a, x-k vv; 32 per field.
+        let expected = (7 + 3) + (5 + 2) + (7 + 4) + (10 + 1) + (3 + 2) + 5 * 32;
+        assert_eq!(h2_head_size(&req), expected);
+    }
+}
