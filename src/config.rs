@@ -377,6 +377,31 @@ pub struct LimitsConfig {
     /// How long a shutdown waits for in-flight streams, in seconds.
     #[serde(default = "default_drain_secs")]
     pub drain_timeout_secs: u64,
+    /// Time a new connection has to complete its TLS handshake, and then to deliver its first
+    /// complete request head (HTTP/1.1) or request HEADERS (HTTP/2, preface included), in
+    /// milliseconds; a connection that sends nothing is closed after it. Also the time an HTTP/2
+    /// peer has to answer a keep-alive ping. 0 disables.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, in seconds: HTTP/1.1
+    /// keep-alive between requests (so it also bounds every later request head), HTTP/2 with no
+    /// open stream (GOAWAY). HTTP/2 peers are pinged at this interval. 0 disables.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Slowest accepted request body, in bytes per second: a body delivering fewer than
+    /// `min_body_rate_bytes_per_sec * body_rate_grace_secs` bytes during `body_rate_grace_secs`
+    /// of waiting on the client fails, so the request (an upload) is aborted. Time the server
+    /// itself spends not reading is not counted. 0 disables.
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate_bytes_per_sec: u64,
+    /// The window over which the body rate is measured, in seconds (see above). 0 disables.
+    #[serde(default = "default_body_rate_grace_secs")]
+    pub body_rate_grace_secs: u64,
+    /// Most connections open at once (TLS handshakes included); beyond it a new connection is
+    /// closed at once (plain HTTP: after a best-effort `503` with `connection: close`).
+    /// 0: no limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -384,8 +409,29 @@ impl Default for LimitsConfig {
         Self {
             max_header_bytes: default_max_header_bytes(),
             drain_timeout_secs: default_drain_secs(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            min_body_rate_bytes_per_sec: default_min_body_rate(),
+            body_rate_grace_secs: default_body_rate_grace_secs(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_min_body_rate() -> u64 {
+    1024
+}
+fn default_body_rate_grace_secs() -> u64 {
+    10
+}
+fn default_max_connections() -> usize {
+    4096
 }
 
 fn yes() -> bool {

@@ -45,6 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tls,
         max_header_bytes: config.limits.max_header_bytes,
         drain_timeout: Duration::from_secs(config.limits.drain_timeout_secs),
+        limits: config.limits.clone(),
     };
     let state = state::AppState::open(config, public_url).await?;
     let router = router::router(&state);
