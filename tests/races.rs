@@ -310,3 +310,30 @@ async fn a_delete_racing_a_reupload_never_loses_an_acknowledged_upload() {
     assert!(rounds >= 10, "only {rounds} rounds ran");
     report(&broken, rounds);
 }
+
+// ---- 4. crash windows --------------------------------------------------------------------------
+
+/// A delete interrupted between DELETING and DELETED (a crash) is finished at the next start:
+/// the bytes go and the object reads as deleted, instead of staying DELETING (409) for good.
+#[tokio::test]
+async fn a_delete_left_deleting_by_a_crash_is_finished_at_start() {
+    let mut site = lone_site();
+    create_bucket(&site, "crash").await;
+    put_object(&site, "crash", "k", data(10_000, 3)).await;
+    let file = object_file(&site, "crash", "k");
+    assert!(file.exists());
+    site.kill9();
+    // What a crash right after the compare-and-set to DELETING leaves behind.
+    let url = format!("sqlite://{}", site.dir.join("meta.db").display());
+    let meta = mirrorgate::meta::MetaStore::open(&url).await.unwrap();
+    let obj = meta.begin_delete("crash", "k", None).await.unwrap();
+    assert_eq!(obj.status, mirrorgate::meta::Status::Ready);
+    drop(meta);
+    site.restart();
+    let c = http();
+    let (status, _, _) = get(&c, &site, "crash/k").await;
+    assert_eq!(status, 410, "the interrupted delete is finished");
+    assert!(gone_from_disk(&file).await, "its bytes are removed");
+    // The name can be used again.
+    assert_eq!(upload(&c, &site, "crash", "k", data(100, 4)).await, 201);
+}
