@@ -25,6 +25,8 @@ pub enum Kind {
     NotAcceptable,
     Conflict,
     Gone,
+    /// The target is not in the state the request names (a version to delete): 412.
+    PreconditionFailed,
     PayloadTooLarge,
     Locked,
     TooManyRequests,
@@ -70,6 +72,9 @@ impl Error {
     pub fn gone(m: impl Into<String>) -> Self {
         Self::new(Kind::Gone, Origin::Client, m)
     }
+    pub fn precondition_failed(m: impl Into<String>) -> Self {
+        Self::new(Kind::PreconditionFailed, Origin::Client, m)
+    }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(Kind::Internal, Origin::Internal, m)
     }
@@ -91,6 +96,7 @@ impl Error {
             Kind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::Gone => StatusCode::GONE,
+            Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Locked => StatusCode::LOCKED,
             Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

@@ -86,6 +86,13 @@ impl AppState {
             )),
         );
         crate::engines::dr::actions::register(&jobs);
+        let finished = crate::core::objects::finish_interrupted_deletes(&site).await?;
+        if finished > 0 {
+            tracing::info!(
+                objects = finished,
+                "deletes interrupted by the last stop are finished"
+            );
+        }
         let state = AppState(Arc::new(Inner {
             site,
             topology,
@@ -178,7 +185,7 @@ impl Hooks for EngineHooks {
         self.topology.invalidate(bucket, name);
     }
 
-    fn copy_corrupt(&self, bucket: &str, name: &str, why: &str) {
-        healing::declare_detected_later(&self.catalogue, bucket, name, why);
+    fn copy_corrupt(&self, bucket: &str, name: &str, hash: &str, why: &str) {
+        healing::declare_detected_later(&self.catalogue, bucket, name, hash, why);
     }
 }

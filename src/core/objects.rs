@@ -24,12 +24,13 @@ pub struct Expected {
     pub hash: Option<String>,
 }
 
-/// Removes the UPLOAD row if the upload future is dropped before it finished (client gone).
+/// Undoes an upload if its future is dropped before it finished (client gone): the bytes, if
+/// they were committed already, then the UPLOAD row (which keeps other writers of the name
+/// out until the bytes are gone).
 struct UploadGuard {
     site: Option<Site>,
-    bucket: String,
-    name: String,
-    id: String,
+    obj: Object,
+    committed: bool,
 }
 
 impl UploadGuard {
@@ -41,15 +42,15 @@ impl UploadGuard {
 impl Drop for UploadGuard {
     fn drop(&mut self) {
         if let Some(site) = self.site.take() {
-            let (bucket, name, id) = (
-                std::mem::take(&mut self.bucket),
-                std::mem::take(&mut self.name),
-                std::mem::take(&mut self.id),
-            );
+            let (obj, committed) = (self.obj.clone(), self.committed);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    if let Err(e) = site.meta.cancel_upload(&bucket, &name, &id).await {
-                        tracing::warn!("could not forget interrupted upload {bucket}/{name}: {e}");
+                    if let Err(e) = forget_upload(&site, &obj, committed).await {
+                        tracing::warn!(
+                            "could not forget interrupted upload {}/{}: {e}",
+                            obj.bucket,
+                            obj.name
+                        );
                     }
                 });
             }
@@ -57,9 +58,20 @@ impl Drop for UploadGuard {
     }
 }
 
-/// Stores an object: registers it UPLOAD, streams the body to storage while hashing, checks
-/// size and hash against what the sender declared, commits the bytes, then marks it READY.
-/// Any failure (or the future being dropped) leaves neither bytes nor metadata behind.
+/// Removes what an upload that will not complete left: committed bytes first, then its row.
+async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()> {
+    if committed {
+        site.storage.delete(&obj.bucket, &obj.name).await?;
+    }
+    site.meta
+        .cancel_upload(&obj.bucket, &obj.name, &obj.id)
+        .await
+}
+
+/// Stores an object: registers it UPLOAD (the bucket must be READY, checked in the same
+/// step), streams the body to storage while hashing, checks size and hash against what the
+/// sender declared, commits the bytes, then marks it READY (compare-and-set on this upload's
+/// row). Any failure (or the future being dropped) leaves neither bytes nor metadata behind.
 pub async fn store(
     site: &Site,
     mut obj: Object,
@@ -69,38 +81,33 @@ pub async fn store(
 ) -> Result<Object> {
     obj.status = Status::Upload;
     site.meta.begin_upload(&obj).await?;
-    let guard = UploadGuard {
+    let mut guard = UploadGuard {
         site: Some(site.clone()),
-        bucket: obj.bucket.clone(),
-        name: obj.name.clone(),
-        id: obj.id.clone(),
+        obj: obj.clone(),
+        committed: false,
     };
-    let received = receive(site, &obj, body, &expected).await;
-    let result = match received {
-        Ok(r) => commit_upload(site, &obj, r.size, &r.sha256, origin)
-            .await
-            .map(|_| r),
-        Err(e) => Err(e),
+    let received = match receive(site, &obj, body, &expected).await {
+        Ok(r) => r,
+        Err(e) => return abandon(site, guard, e).await,
     };
-    match result {
-        Ok(r) => {
-            guard.disarm();
-            site.hooks().object_changed(&obj.bucket, Some(&obj.name));
-            obj.size = r.size;
-            obj.hash = Some(r.sha256);
-            obj.status = Status::Ready;
-            crate::core::replicas::stored(site, &obj, &r.adler32).await;
-            Ok(obj)
-        }
-        Err(e) => {
-            // The guard stays armed while cancelling, so a drop in between still cancels.
-            site.meta
-                .cancel_upload(&obj.bucket, &obj.name, &obj.id)
-                .await?;
-            guard.disarm();
-            Err(e)
-        }
+    guard.committed = true;
+    if let Err(e) = commit_upload(site, &obj, received.size, &received.sha256, origin).await {
+        return abandon(site, guard, e).await;
     }
+    guard.disarm();
+    site.hooks().object_changed(&obj.bucket, Some(&obj.name));
+    obj.size = received.size;
+    obj.hash = Some(received.sha256);
+    obj.status = Status::Ready;
+    crate::core::replicas::stored(site, &obj, &received.adler32).await;
+    Ok(obj)
+}
+
+/// An upload failed: undo it (the guard stays armed meanwhile, so a drop still undoes it).
+async fn abandon(site: &Site, guard: UploadGuard, e: Error) -> Result<Object> {
+    forget_upload(site, &guard.obj, guard.committed).await?;
+    guard.disarm();
+    Err(e)
 }
 
 /// Marks the upload READY and queues its orders in the same transaction.
@@ -115,56 +122,103 @@ async fn commit_upload(
     let orders = site
         .orders_for(origin, &obj.bucket, target, Action::Create)
         .await?;
-    let replica_of = match origin {
-        WriteOrigin::Replica { from_site } => Some(from_site.as_str()),
-        WriteOrigin::Client { .. } => None,
-    };
     site.meta
-        .finish_upload(&obj.bucket, &obj.name, size, hash, replica_of, &orders)
+        .finish_upload(obj, size, hash, replica_source(origin), &orders)
         .await?;
     site.queued(&orders);
     Ok(())
 }
 
-/// Deletes an object: DELETING, bytes removed, then DELETED with its orders in one
-/// transaction. A failure to remove the bytes leaves ERR_DEL.
-pub async fn delete(site: &Site, bucket: &str, name: &str, origin: &WriteOrigin) -> Result<()> {
-    let obj = site
-        .meta
-        .get_object(bucket, name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("object {bucket}/{name} not found")))?;
-    match obj.status {
-        Status::Ready | Status::ErrDel => {}
-        Status::Deleted => {
-            return Err(Error::gone(format!(
-                "object {bucket}/{name} is already deleted"
-            )))
-        }
-        other => {
-            return Err(Error::conflict(format!(
-                "object {bucket}/{name} is {}, it cannot be deleted now",
-                other.as_str()
-            )))
-        }
+fn replica_source(origin: &WriteOrigin) -> Option<&str> {
+    match origin {
+        WriteOrigin::Replica { from_site } => Some(from_site.as_str()),
+        WriteOrigin::Client { .. } => None,
     }
-    site.meta
-        .set_object_status(bucket, name, Status::Deleting)
-        .await?;
+}
+
+/// Replaces a READY object by a new version (an UPDATE order from a peer). The new bytes are
+/// verified before they take the old ones' place (staged write, then an atomic commit), and
+/// the row changes by compare-and-set on the version it replaces: a pull that fails or does
+/// not verify leaves the old version exactly as it was.
+pub async fn replace(
+    site: &Site,
+    current: &Object,
+    mut new: Object,
+    body: ByteStream,
+    expected: Expected,
+    origin: &WriteOrigin,
+) -> Result<Object> {
+    let received = receive(site, &new, body, &expected).await?;
+    new.size = received.size;
+    new.hash = Some(received.sha256);
+    new.status = Status::Ready;
+    if let Err(e) = site
+        .meta
+        .replace_object(current, &new, replica_source(origin))
+        .await
+    {
+        // Deleted meanwhile: the bytes just written must not outlive their row.
+        let row = site.meta.get_object(&new.bucket, &new.name).await?;
+        if !matches!(row, Some(o) if o.status == Status::Ready) {
+            site.storage.delete(&new.bucket, &new.name).await?;
+        }
+        return Err(e);
+    }
+    site.hooks().object_changed(&new.bucket, Some(&new.name));
+    crate::core::replicas::stored(site, &new, &received.adler32).await;
+    Ok(new)
+}
+
+/// Deletes an object: READY (or ERR_DEL) becomes DELETING by compare-and-set, so of
+/// concurrent deletes exactly one proceeds; then the bytes go, then DELETED with its orders in
+/// one transaction. A failure to remove the bytes leaves ERR_DEL.
+pub async fn delete(site: &Site, bucket: &str, name: &str, origin: &WriteOrigin) -> Result<()> {
+    delete_version(site, bucket, name, None, origin).await
+}
+
+/// [`delete`], only if the object is the version `hash` (when given): another version is a
+/// `PreconditionFailed` error and stays.
+pub async fn delete_version(
+    site: &Site,
+    bucket: &str,
+    name: &str,
+    hash: Option<&str>,
+    origin: &WriteOrigin,
+) -> Result<()> {
+    let obj = site.meta.begin_delete(bucket, name, hash).await?;
+    finish_delete(site, &obj, origin).await
+}
+
+async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {
+    let (bucket, name) = (&obj.bucket, &obj.name);
     if let Err(e) = site.storage.delete(bucket, name).await {
         site.meta
-            .set_object_status(bucket, name, Status::ErrDel)
+            .swap_object_status(obj, Status::Deleting, Status::ErrDel)
             .await?;
         return Err(e);
     }
+    // A DELETE order names the version it deletes: a peer holding another one refuses it.
+    let version = obj.hash.as_deref().unwrap_or_default();
     let orders = site
-        .orders_for(origin, bucket, Some((name, 0, "")), Action::Delete)
+        .orders_for(origin, bucket, Some((name, 0, version)), Action::Delete)
         .await?;
-    site.meta.finish_delete(bucket, name, &orders).await?;
+    site.meta.finish_delete(obj, &orders).await?;
     site.queued(&orders);
     site.hooks().object_changed(bucket, Some(name));
     crate::core::replicas::removed(site, bucket, name, origin).await;
     Ok(())
+}
+
+/// Startup: deletes a crash interrupted (left DELETING) are finished, bytes removed and orders
+/// queued (on behalf of the bucket's owner: where the delete came from is not recorded).
+pub async fn finish_interrupted_deletes(site: &Site) -> Result<usize> {
+    let interrupted = site.meta.interrupted_deletes().await?;
+    for obj in &interrupted {
+        let owner = site.meta.get_bucket(&obj.bucket).await?;
+        let client_id = owner.map_or_else(|| site.site_id.clone(), |b| b.client_id);
+        finish_delete(site, obj, &WriteOrigin::Client { client_id }).await?;
+    }
+    Ok(interrupted.len())
 }
 
 /// Rewrites the bytes of a READY object (a repair): the new bytes must match its recorded size
@@ -256,12 +310,14 @@ pub async fn open_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Byt
         .clone()
         .ok_or_else(|| Error::internal("READY object without a hash"))?;
     let (op_id, bucket, name) = (op_id.to_owned(), obj.bucket.clone(), obj.name.clone());
+    let expected_hash = hash.clone();
     let site = site.clone();
     let on_mismatch = Box::new(move |what: &str| {
         metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "storage").increment(1);
         tracing::error!(op_id = %op_id, bucket = %bucket, object = %name, "integrity failure, transfer aborted: {what}");
         // The copy here is bad: declare it, which queues its repair from another site.
-        site.hooks().copy_corrupt(&bucket, &name, what);
+        site.hooks()
+            .copy_corrupt(&bucket, &name, &expected_hash, what);
     });
     Ok(Box::pin(Metered::new(Box::pin(Verify::new(
         raw,

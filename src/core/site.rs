@@ -22,8 +22,8 @@ pub trait Hooks: Send + Sync {
     fn orders_queued(&self);
     /// An object's (or a bucket's, with no name) location changed: drop cached lookups.
     fn object_changed(&self, bucket: &str, name: Option<&str>);
-    /// This site's copy failed verification while being read.
-    fn copy_corrupt(&self, bucket: &str, name: &str, why: &str);
+    /// This site's copy of the version `hash` failed verification while being read.
+    fn copy_corrupt(&self, bucket: &str, name: &str, hash: &str, why: &str);
 }
 
 /// Lets an engine's context read the site's fields directly (`ctx.meta`, `ctx.site_id`).
@@ -113,7 +113,8 @@ impl Site {
                 bucket_name: bucket.to_owned(),
                 object_name: object.map(|o| o.0.to_owned()),
                 size: object.filter(|_| carries_bytes).map(|o| o.1),
-                hash: object.filter(|_| carries_bytes).map(|o| o.2.to_owned()),
+                // CREATE/UPDATE: the version to pull; DELETE: the version deleted.
+                hash: object.map(|o| o.2.to_owned()).filter(|h| !h.is_empty()),
                 action,
             })
             .collect())
@@ -137,5 +138,5 @@ impl Hooks for NoHooks {
     }
     fn orders_queued(&self) {}
     fn object_changed(&self, _: &str, _: Option<&str>) {}
-    fn copy_corrupt(&self, _: &str, _: &str, _: &str) {}
+    fn copy_corrupt(&self, _: &str, _: &str, _: &str, _: &str) {}
 }

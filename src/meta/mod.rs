@@ -170,12 +170,31 @@ impl MetaStore {
     }
 
     /// Marks a bucket DELETED and forgets its deleted object rows and grants.
+    /// Refuses while the bucket holds live objects or uploads in flight (checked in the same
+    /// transaction, so an upload cannot slip in between), and when it is not READY.
     pub async fn delete_bucket(&self, bucket: &str, orders: &[Order]) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE buckets SET status = 'DELETED' WHERE name = $1")
-            .bind(bucket)
-            .execute(&mut *tx)
-            .await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM objects WHERE bucket = $1 AND status NOT IN ('DELETED','ERR_UPL') LIMIT 1) t",
+        )
+        .bind(bucket)
+        .fetch_one(&mut *tx)
+        .await?;
+        if live > 0 {
+            return Err(Error::not_acceptable(format!(
+                "bucket {bucket} is not empty (or an upload to it is in flight)"
+            )));
+        }
+        let changed = sqlx::query(
+            "UPDATE buckets SET status = 'DELETED' WHERE name = $1 AND status = 'READY'",
+        )
+        .bind(bucket)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::gone(format!("bucket {bucket} is already deleted")));
+        }
         sqlx::query("DELETE FROM objects WHERE bucket = $1")
             .bind(bucket)
             .execute(&mut *tx)
@@ -279,6 +298,16 @@ impl MetaStore {
     /// progress is 406 as CCS; a DELETED or failed row is replaced.
     pub async fn begin_upload(&self, obj: &Object) -> Result<()> {
         let mut tx = self.write_tx().await?;
+        // The bucket check and the registration are one step: a bucket DELETE either sees
+        // this upload (and refuses) or happened before (and the upload is refused here).
+        let bucket: Option<String> =
+            sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
+                .bind(&obj.bucket)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if bucket.as_deref() != Some(Status::Ready.as_str()) {
+            return Err(Error::not_found(format!("bucket {} not found", obj.bucket)));
+        }
         let existing: Option<String> =
             sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
                 .bind(&obj.bucket)
@@ -307,40 +336,180 @@ impl MetaStore {
 
     /// Marks an upload READY with its verified size and hash, and queues its orders, in one
     /// transaction. `replica_of` names the site a replica was copied from.
+    /// Fails (and changes nothing) when the upload row is no longer this upload's.
     pub async fn finish_upload(
         &self,
-        bucket: &str,
-        name: &str,
+        obj: &Object,
         size: u64,
         hash: &str,
         replica_of: Option<&str>,
         orders: &[Order],
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let changed = sqlx::query(
             "UPDATE objects SET status = 'READY', size = $1, hash = $2, replica_of = $3
-             WHERE bucket = $4 AND name = $5 AND status = 'UPLOAD'",
+             WHERE bucket = $4 AND name = $5 AND id = $6 AND status = 'UPLOAD'",
         )
         .bind(size as i64)
         .bind(hash)
         .bind(replica_of)
-        .bind(bucket)
-        .bind(name)
+        .bind(&obj.bucket)
+        .bind(&obj.name)
+        .bind(&obj.id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::conflict(format!(
+                "upload of {}/{} was cancelled before it completed",
+                obj.bucket, obj.name
+            )));
+        }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Marks an object DELETED and queues its orders, in one transaction.
-    pub async fn finish_delete(&self, bucket: &str, name: &str, orders: &[Order]) -> Result<()> {
+    /// Starts deleting an object: READY or ERR_DEL becomes DELETING, as one compare-and-set,
+    /// so of concurrent deletes exactly one proceeds. Returns the row it changed.
+    /// With `version`, only that version (hash) is deleted; another is `PreconditionFailed`.
+    pub async fn begin_delete(
+        &self,
+        bucket: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Object> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE objects SET status = 'DELETED' WHERE bucket = $1 AND name = $2")
+        let row = sqlx::query(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = $1 AND name = $2"
+        ))
+        .bind(bucket)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let obj = match row {
+            Some(r) => object_from_row(&r)?,
+            None => {
+                return Err(Error::not_found(format!(
+                    "object {bucket}/{name} not found"
+                )))
+            }
+        };
+        match obj.status {
+            Status::Ready | Status::ErrDel => {}
+            Status::Deleted => {
+                return Err(Error::gone(format!(
+                    "object {bucket}/{name} is already deleted"
+                )))
+            }
+            other => {
+                return Err(Error::conflict(format!(
+                    "object {bucket}/{name} is {}, it cannot be deleted now",
+                    other.as_str()
+                )))
+            }
+        }
+        if let Some(version) = version {
+            if obj.hash.as_deref() != Some(version) {
+                return Err(Error::precondition_failed(format!(
+                    "{bucket}/{name} is here in another version ({}) than the one to delete ({version})",
+                    obj.hash.as_deref().unwrap_or("none")
+                )));
+            }
+        }
+        sqlx::query("UPDATE objects SET status = 'DELETING' WHERE bucket = $1 AND name = $2 AND id = $3 AND status = $4")
             .bind(bucket)
             .bind(name)
+            .bind(&obj.id)
+            .bind(obj.status.as_str())
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(obj)
+    }
+
+    /// Objects a crash left DELETING (their bytes may or may not be gone).
+    pub async fn interrupted_deletes(&self) -> Result<Vec<Object>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE status = 'DELETING'"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(object_from_row).collect()
+    }
+
+    /// Changes an object's status only if the row is still `obj` (same id) in status `from`.
+    /// Answers whether it changed.
+    pub async fn swap_object_status(&self, obj: &Object, from: Status, to: Status) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE objects SET status = $1 WHERE bucket = $2 AND name = $3 AND id = $4 AND status = $5",
+        )
+        .bind(to.as_str())
+        .bind(&obj.bucket)
+        .bind(&obj.name)
+        .bind(&obj.id)
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    /// Replaces a READY object by a new verified version (an UPDATE from a peer), keeping it
+    /// READY throughout: compare-and-set on the row and hash it replaces.
+    pub async fn replace_object(
+        &self,
+        old: &Object,
+        new: &Object,
+        replica_of: Option<&str>,
+    ) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE objects SET id = $1, site = $2, hash = $3, creation = $4, expires = $5, size = $6,
+             metadata = $7, replica_of = $8
+             WHERE bucket = $9 AND name = $10 AND id = $11 AND status = 'READY' AND hash = $12",
+        )
+        .bind(&new.id)
+        .bind(&new.site)
+        .bind(&new.hash)
+        .bind(new.creation.timestamp_millis())
+        .bind(new.expires.map(|e| e.timestamp_millis()))
+        .bind(new.size as i64)
+        .bind(serde_json::to_string(&new.metadata).map_err(|e| Error::internal(e.to_string()))?)
+        .bind(replica_of)
+        .bind(&old.bucket)
+        .bind(&old.name)
+        .bind(&old.id)
+        .bind(&old.hash)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::conflict(format!(
+                "object {}/{} changed while its new version was pulled",
+                old.bucket, old.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks a DELETING object DELETED and queues its orders, in one transaction.
+    pub async fn finish_delete(&self, obj: &Object, orders: &[Order]) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let changed = sqlx::query(
+            "UPDATE objects SET status = 'DELETED' WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'DELETING'",
+        )
+        .bind(&obj.bucket)
+        .bind(&obj.name)
+        .bind(&obj.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(Error::conflict(format!(
+                "object {}/{} changed while it was being deleted",
+                obj.bucket, obj.name
+            )));
+        }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
         Ok(())

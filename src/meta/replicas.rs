@@ -404,6 +404,27 @@ impl MetaStore {
     }
 
     /// Every row of one site.
+    /// One page of the rows of `site`, in (bucket, name) order after `after`.
+    pub async fn replicas_page(
+        &self,
+        site: &str,
+        after: Option<&(String, String)>,
+        limit: i64,
+    ) -> Result<Vec<Replica>> {
+        let (bucket, name) = after.cloned().unwrap_or_default();
+        let rows = sqlx::query(&format!(
+            "SELECT {REPLICA_COLUMNS} FROM replicas WHERE site = $1
+             AND (bucket > $2 OR (bucket = $2 AND name > $3)) ORDER BY bucket, name LIMIT $4"
+        ))
+        .bind(site)
+        .bind(bucket)
+        .bind(name)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(replica_from_row).collect())
+    }
+
     pub async fn replicas_at(&self, site: &str) -> Result<Vec<Replica>> {
         let rows = sqlx::query(&format!(
             "SELECT {REPLICA_COLUMNS} FROM replicas WHERE site = $1 ORDER BY bucket, name"

@@ -93,6 +93,13 @@ impl Order {
                 }
                 self.hash = Some(h);
             }
+            // A DELETE may name the version it deletes.
+            Action::Delete if self.hash.is_some() => {
+                let Some(h) = self.hash.as_deref().and_then(hash::normalize) else {
+                    return bad("a DELETE's hash must be a SHA-256 in CCS encoding".into());
+                };
+                self.hash = Some(h);
+            }
             _ => {}
         }
         Ok(())

@@ -195,7 +195,7 @@ impl ObjectWriter for FsWriter {
             file.sync_all()?;
             drop(file);
             let dir = target.parent().expect("object path has a parent");
-            std::fs::create_dir_all(dir)?;
+            create_dir_durably(dir)?;
             if let Err(e) = std::fs::rename(&temp, &target) {
                 let _ = std::fs::remove_file(&temp);
                 return Err(e);
@@ -210,6 +210,26 @@ impl ObjectWriter for FsWriter {
     async fn abort(mut self: Box<Self>) {
         self.remove_temp();
     }
+}
+
+/// Creates `dir` and its missing parents, fsyncing the parent of each directory created so
+/// that a power loss cannot drop a directory (and the committed file inside it).
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        // Created meanwhile by another writer, who may not have fsynced yet: fsync anyway.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl FsWriter {

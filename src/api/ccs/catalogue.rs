@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 
-use crate::engines::catalogue::view::{BadQuery, RowsQuery};
+use crate::engines::catalogue::view::{BadQuery, RowsQuery, DUMP_PAGE};
 use crate::error::Result;
 use crate::meta::replicas::BadFilter;
 use crate::model::replica::{BadReplica, Replica};
@@ -22,7 +22,11 @@ async fn own_replicas(
     Json(q): Json<RowsQuery>,
 ) -> Result<Json<Vec<Replica>>> {
     let rows = if q.all {
-        state.meta.replicas_at(&state.site_id).await?
+        let limit = q.limit.unwrap_or(DUMP_PAGE).clamp(1, DUMP_PAGE);
+        state
+            .meta
+            .replicas_page(&state.site_id, q.after.as_ref(), limit)
+            .await?
     } else {
         state
             .meta

@@ -77,17 +77,25 @@ pub async fn declare_detected(
     }
 }
 
-/// For the synchronous mismatch callback of a verified read.
-pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, why: &str) {
-    let (state, bucket, name, why) = (
+/// For the synchronous mismatch callback of a verified read of the version `hash`. A version
+/// replaced while it was read (an UPDATE from a peer) is not a bad copy: only a mismatch of
+/// the version still current is declared.
+pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, hash: &str, why: &str) {
+    let (state, bucket, name, hash, why) = (
         state.clone(),
         bucket.to_owned(),
         name.to_owned(),
+        hash.to_owned(),
         why.to_owned(),
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
-            declare_detected(&state, &bucket, &name, Detected::Read, &why).await;
+            let current = state.meta.get_object(&bucket, &name).await;
+            let still_current = matches!(current, Ok(Some(o))
+                if o.status == Status::Ready && o.hash.as_deref() == Some(hash.as_str()));
+            if still_current {
+                declare_detected(&state, &bucket, &name, Detected::Read, &why).await;
+            }
         });
     }
 }

@@ -60,10 +60,17 @@ pub struct RowsQuery {
     pub objects: Vec<(String, String)>,
     #[serde(default)]
     pub buckets: Vec<String>,
-    /// Every copy the peer holds.
+    /// Every copy the peer holds, a page at a time: at most `limit` rows after `after`.
     #[serde(default)]
     pub all: bool,
+    #[serde(default)]
+    pub after: Option<(String, String)>,
+    #[serde(default)]
+    pub limit: Option<i64>,
 }
+
+/// Most rows a peer answers in one page of a dump.
+pub const DUMP_PAGE: i64 = 5_000;
 
 /// Which declarations a site asks a peer for (the peer's own).
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -154,7 +161,7 @@ pub async fn replicas(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect(),
-        all: false,
+        ..Default::default()
     };
     let known = state
         .meta
@@ -170,24 +177,34 @@ pub async fn replicas(
     Ok(merge(known, answers))
 }
 
-/// Every copy one site holds.
+/// Every copy one site holds: what it says (page by page), or what this site learned.
 pub async fn replicas_at(state: &Catalogue, site: &SiteInfo) -> Result<Vec<Replica>> {
     let known = state.meta.replicas_at(&site.id).await?;
-    if site.local {
+    if site.local || !site.up {
         return Ok(known);
     }
-    let query = RowsQuery {
-        all: true,
-        ..Default::default()
-    };
-    let answers = ask_peers(
-        state,
-        std::slice::from_ref(site),
-        "/replicator/remote/catalogue/replicas",
-        &query,
-    )
-    .await;
-    Ok(merge(known, answers))
+    let answer = dump_of(state, site).await;
+    Ok(merge(known, vec![(site.id.clone(), answer)]))
+}
+
+async fn dump_of(state: &Catalogue, site: &SiteInfo) -> Result<Vec<Replica>> {
+    let mut rows: Vec<Replica> = Vec::new();
+    loop {
+        let query = RowsQuery {
+            all: true,
+            after: rows.last().map(|r| (r.bucket.clone(), r.name.clone())),
+            limit: Some(DUMP_PAGE),
+            ..Default::default()
+        };
+        let page: Vec<Replica> =
+            ask(state, site, "/replicator/remote/catalogue/replicas", &query).await?;
+        // A short page ends the dump (a longer one: a peer that does not page).
+        let done = page.len() as i64 != DUMP_PAGE;
+        rows.extend(page);
+        if done {
+            return Ok(rows);
+        }
+    }
 }
 
 /// Declarations made at the selected sites (each site keeps its own), newest first.

@@ -133,10 +133,23 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
             let origin = WriteOrigin::Replica {
                 from_site: o.from_site.clone(),
             };
-            objects::delete(&state.site, &o.bucket_name, name, &origin)
-                .await
-                .or_else(ignore_missing)
-                .map_err(Failure::from)
+            // Only the version the order names: a newer one here is not the sender's to delete.
+            match objects::delete_version(
+                &state.site,
+                &o.bucket_name,
+                name,
+                o.hash.as_deref(),
+                &origin,
+            )
+            .await
+            {
+                Err(e) if e.kind == Kind::PreconditionFailed => {
+                    metrics::counter!("mirrorgate_orders_refused_total", "reason" => "version")
+                        .increment(1);
+                    Err(Failure::Permanent(format!("refused: {}", e.message)))
+                }
+                other => other.or_else(ignore_missing).map_err(Failure::from),
+            }
         }
         (Some(name), _) => {
             let outcome = replicate_object(state, row, name).await;
@@ -205,16 +218,13 @@ async fn replicate_object(
     let o = &row.order;
     let want = o.hash.clone().unwrap_or_default();
     ensure_bucket(state, o).await?;
-    if let Some(local) = state.meta.get_object(&o.bucket_name, name).await? {
+    let local = state.meta.get_object(&o.bucket_name, name).await?;
+    let mut current = None;
+    if let Some(local) = local {
         match local.status {
             Status::Ready if local.hash.as_deref() == Some(want.as_str()) => return Ok(()),
-            Status::Ready => {
-                // An UPDATE replaces the copy held here.
-                let origin = WriteOrigin::Replica {
-                    from_site: o.from_site.clone(),
-                };
-                objects::delete(&state.site, &o.bucket_name, name, &origin).await?;
-            }
+            // An UPDATE replaces the copy held here, once the new bytes verified.
+            Status::Ready => current = Some(local),
             Status::Upload => {
                 return Err(Failure::Transient(format!(
                     "{}/{name} is being written here",
@@ -225,7 +235,7 @@ async fn replicate_object(
         }
     }
     crate::core::replicas::copying(&state.site, o, name).await;
-    let mut last = match pull_from(state, o, name, &o.from_site).await {
+    let mut last = match pull_from(state, o, name, &o.from_site, current.as_ref()).await {
         Ok(()) => return Ok(()),
         Err(f) => f,
     };
@@ -263,7 +273,7 @@ async fn replicate_object(
             .flatten()
             .is_some()
         {
-            match pull_from(state, o, name, &peer.id).await {
+            match pull_from(state, o, name, &peer.id, current.as_ref()).await {
                 Ok(()) => return Ok(()),
                 Err(f) => last = f,
             }
@@ -281,12 +291,14 @@ fn source_gone(f: &Failure) -> bool {
     matches!(f, Failure::Transient(why) if why.contains("integrity"))
 }
 
-/// Streams the object from `site` into local storage, verified against the order.
+/// Streams the object from `site` into local storage, verified against the order; over
+/// `current` (the version held here) only once the new bytes verified.
 async fn pull_from(
     state: &Replication,
     o: &Order,
     name: &str,
     site: &str,
+    current: Option<&Object>,
 ) -> std::result::Result<(), Failure> {
     let bucket = &o.bucket_name;
     let (headers, body) = open_remote(
@@ -307,7 +319,11 @@ async fn pull_from(
     let origin = WriteOrigin::Replica {
         from_site: o.from_site.clone(),
     };
-    match objects::store(&state.site, obj, body, expected, &origin).await {
+    let stored = match current {
+        Some(current) => objects::replace(&state.site, current, obj, body, expected, &origin).await,
+        None => objects::store(&state.site, obj, body, expected, &origin).await,
+    };
+    match stored {
         Ok(_) => {
             crate::core::replicas::pulled_from(&state.site, bucket, name, site).await;
             Ok(())
