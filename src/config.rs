@@ -194,8 +194,20 @@ pub struct ReplicationConfig {
     pub enabled: bool,
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Attempts for failures that are neither transient nor permanent for sure (a peer that
+    /// answers 401/403: a configuration an operator may fix). Transient failures (refused,
+    /// reset, timeout, 5xx, 429, a draining peer) do not count against it: they are retried
+    /// until delivered or until the order is `max_order_age_secs` old.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Age after which an order that could not be delivered ends as a failed operation,
+    /// whatever the cause (24 h by default, as Backbeat operators expect).
+    #[serde(default = "default_max_order_age")]
+    pub max_order_age_secs: u64,
+    /// A call to a peer whose response head, or whose body, makes no progress for this long
+    /// is abandoned (and retried, or served by another holder).
+    #[serde(default = "default_peer_stall")]
+    pub peer_stall_timeout_secs: u64,
     #[serde(default = "default_backoff_initial")]
     pub backoff_initial_ms: u64,
     #[serde(default = "default_backoff_max")]
@@ -210,6 +222,8 @@ impl Default for ReplicationConfig {
             enabled: true,
             workers: default_workers(),
             max_attempts: default_max_attempts(),
+            max_order_age_secs: default_max_order_age(),
+            peer_stall_timeout_secs: default_peer_stall(),
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
             failed_retention_hours: default_retention(),
@@ -451,6 +465,12 @@ fn default_backend() -> String {
 }
 fn default_workers() -> usize {
     4
+}
+fn default_max_order_age() -> u64 {
+    24 * 3600
+}
+fn default_peer_stall() -> u64 {
+    30
 }
 fn default_max_attempts() -> u32 {
     5

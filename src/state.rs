@@ -48,7 +48,8 @@ impl AppState {
         let meta = MetaStore::open(&config.metadata_url()).await?;
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
-        let client = crate::tls::peer_client(&config.tls, connect_timeout)?;
+        let stall = Duration::from_secs(config.replication.peer_stall_timeout_secs.max(1));
+        let client = crate::tls::peer_client(&config.tls, connect_timeout, stall)?;
         let topology = Arc::new(TopologyService::new(
             config.site.id.clone(),
             config.topology.clone(),

@@ -65,11 +65,18 @@ pub fn acceptor(tls: &TlsConfig) -> anyhow::Result<Option<tokio_rustls::TlsAccep
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
-/// The pooled keep-alive client used for every call to a peer.
-pub fn peer_client(tls: &TlsConfig, timeout_connect: Duration) -> anyhow::Result<reqwest::Client> {
+/// The pooled keep-alive client used for every call to a peer. `stall`: a read (response
+/// head or body) that makes no progress for this long fails, so a peer that accepts and then
+/// stalls cannot hang a client's read or a replication worker.
+pub fn peer_client(
+    tls: &TlsConfig,
+    timeout_connect: Duration,
+    stall: Duration,
+) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .connect_timeout(timeout_connect)
+        .read_timeout(stall)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true);

@@ -245,7 +245,8 @@ async fn converged_bucket(site: &Site, bucket: &str) {
 
 #[tokio::test]
 async fn exhausted_orders_are_listed_paged_and_retried() {
-    let (a, mut b, _c) = three_sites(FAST).await;
+    // A peer that stays down: orders end as failed operations once they are 3 s old.
+    let (a, mut b, _c) = three_sites(&format!("{FAST}max_order_age_secs = 3\n")).await;
     create_bucket(&a, "failing").await;
     converged_bucket(&b, "failing").await;
     b.kill9();
@@ -538,4 +539,29 @@ async fn kill9_during_replication_loses_nothing_and_doubles_nothing() {
     )
     .await;
     assert!(all_failed(&a, "site-b").await.is_empty() && all_failed(&a, "site-c").await.is_empty());
+}
+
+/// A peer that restarts (or is briefly unreachable) never turns an acknowledged write into a
+/// failed operation: transient failures are retried until delivered, whatever `max_attempts`.
+#[tokio::test]
+async fn a_brief_peer_restart_loses_nothing() {
+    let one_attempt =
+        "[replication]\nworkers = 4\nmax_attempts = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n";
+    let (a, mut b, _c) = three_sites(one_attempt).await;
+    create_bucket(&a, "restart").await;
+    converged_bucket(&b, "restart").await;
+    b.kill9();
+    for i in 0..20u8 {
+        put_object(&a, "restart", &format!("k-{i}"), vec![i; 1000]).await;
+    }
+    // Several send attempts fail while B is down (one attempt would have been the limit).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.restart();
+    for i in 0..20u8 {
+        converged(&b, "restart", &format!("k-{i}"), &[i; 1000]).await;
+    }
+    assert!(
+        all_failed(&a, "site-b").await.is_empty(),
+        "no failed operation for a peer that was only restarting"
+    );
 }

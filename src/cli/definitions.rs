@@ -59,7 +59,8 @@ async fn token(
 
 pub async fn run(config: &Config, name: &str) -> anyhow::Result<()> {
     let base = site_url(config);
-    let http = crate::tls::peer_client(&config.tls, Duration::from_secs(5))?;
+    let http =
+        crate::tls::peer_client(&config.tls, Duration::from_secs(5), Duration::from_secs(30))?;
     let bearer = token(&http, &base, config).await?;
     let with_auth = |req: reqwest::RequestBuilder| match &bearer {
         Some(t) => req.bearer_auth(t),

@@ -30,6 +30,8 @@ pub struct InboxRow {
     pub seq: i64,
     pub order: Order,
     pub attempts: u32,
+    /// When it was received (ms).
+    pub created: i64,
 }
 
 /// A failed operation, as Backbeat lists it.
@@ -227,19 +229,19 @@ impl MetaStore {
         Ok(())
     }
 
-    /// A send failed: count the attempt. Returns the rows that reached `max_attempts` (already
-    /// moved to the failed operations).
+    /// A send failed: count the attempt. `give_up(row, attempts)` says which rows end now;
+    /// they are returned (already moved to the failed operations).
     pub async fn send_failed(
         &self,
         rows: &[OutboxRow],
         error: &str,
-        max_attempts: u32,
+        give_up: impl Fn(&OutboxRow, u32) -> bool,
     ) -> Result<Vec<OutboxRow>> {
         let mut exhausted = Vec::new();
         let mut tx = self.write_tx().await?;
         for row in rows {
             let attempts = row.attempts + 1;
-            if attempts >= max_attempts {
+            if give_up(row, attempts) {
                 fail_in_tx(&mut tx, row, attempts, error).await?;
                 exhausted.push(row.clone());
             } else {
@@ -568,7 +570,7 @@ impl MetaStore {
                 AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket AND j.object IS i.object
                                 AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
                 ORDER BY i.seq LIMIT 1)
-             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts",
+             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created",
         )
         .bind(now + lease_ms)
         .bind(now)
@@ -580,6 +582,7 @@ impl MetaStore {
                 seq: r.get("seq"),
                 order: order_from_row(&r, &from, self_site),
                 attempts: r.get::<i64, _>("attempts") as u32,
+                created: r.get("created"),
             }
         }))
     }

@@ -84,9 +84,11 @@ async fn apply_claimed(state: &Replication, row: InboxRow) {
             state.meta.inbox_attempt_failed(row.seq, &why, None).await
         }
         Err(Failure::Transient(why)) => {
+            // Retried until delivered; only an order past `max_order_age_secs` ends here.
             let attempts = row.attempts + 1;
-            let next = (attempts < state.config.replication.max_attempts)
-                .then(|| now_ms() + backoff_ms(&state.config.replication, attempts));
+            let cfg = &state.config.replication;
+            let next =
+                (!super::too_old(cfg, row.created)).then(|| now_ms() + backoff_ms(cfg, attempts));
             tracing::info!(
                 attempts,
                 retry = next.is_some(),

@@ -48,6 +48,22 @@ struct SenderState {
     retry_at_ms: i64,
 }
 
+/// When an order that failed `attempts` times with `error` ends as a failed operation, given
+/// when it was created (ms): a transient failure (peer refused, reset, timed out, 5xx, 429, a
+/// draining peer) only once the order is `max_order_age_secs` old, so a peer that restarts or
+/// is slow never turns an acknowledged write into a failed operation; another failure after
+/// `max_attempts`, or at that age.
+pub fn give_up(cfg: &ReplicationConfig, error: &crate::error::Error) -> impl Fn(i64, u32) -> bool {
+    let (transient, max_attempts) = (error.is_transient(), cfg.max_attempts);
+    let cfg = cfg.clone();
+    move |created, attempts| too_old(&cfg, created) || (!transient && attempts >= max_attempts)
+}
+
+/// Whether an order created at `created` (ms) is past `max_order_age_secs`.
+pub fn too_old(cfg: &ReplicationConfig, created: i64) -> bool {
+    created <= now_ms() - (cfg.max_order_age_secs as i64).saturating_mul(1000)
+}
+
 /// The delay before attempt `attempts + 1`: exponential from `backoff_initial_ms`, capped at
 /// `backoff_max_ms`, with ±20% jitter so peers coming back are not hit all at once.
 pub fn backoff_ms(cfg: &ReplicationConfig, attempts: u32) -> i64 {

@@ -149,9 +149,12 @@ async fn send_queued(state: &Replication, site: &str) -> Result<bool> {
             Ok(true)
         }
         Err(e) => {
+            let give_up = super::give_up(&state.config.replication, &e);
             let exhausted = state
                 .meta
-                .send_failed(&rows, &e.message, state.config.replication.max_attempts)
+                .send_failed(&rows, &e.message, |row, attempts| {
+                    give_up(row.created, attempts)
+                })
                 .await?;
             count_failures(site, exhausted.len());
             let attempts = rows.iter().map(|r| r.attempts + 1).max().unwrap_or(1);
@@ -265,6 +268,11 @@ async fn post<T: serde::Serialize>(
                 format!("peer refused the orders: {text}"),
             ))
         }
+        // Credentials a peer refuses: an operator may fix them, retrying alone cannot.
+        s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(Error::upstream(
+            Kind::Forbidden,
+            format!("peer answered {s}"),
+        )),
         s => Err(Error::upstream(
             Kind::BadGateway,
             format!("peer answered {s}"),
