@@ -14,7 +14,7 @@ use crate::core::{Hooks, Site};
 use crate::engines::catalogue::{healing, Catalogue, CatalogueService};
 use crate::engines::replication::{Replication, ReplicationService};
 use crate::engines::tasks::{JobContext, TaskEngine};
-use crate::engines::topology::TopologyService;
+use crate::engines::topology::{Credentials, TopologyService};
 use crate::error::Result;
 use crate::meta::{MetaStore, Topology, TopologyStatus};
 
@@ -49,12 +49,15 @@ impl AppState {
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let client = crate::tls::peer_client(&config.tls, connect_timeout)?;
-        let topology = Arc::new(TopologyService::new(
-            config.site.id.clone(),
-            config.topology.clone(),
-            meta.clone(),
-            client,
-        ));
+        let topology = Arc::new(
+            TopologyService::new(
+                config.site.id.clone(),
+                config.topology.clone(),
+                meta.clone(),
+                client,
+            )
+            .with_credentials(Credentials::from_config(&config)),
+        );
         let site = Site::new(config, public_url, meta.clone(), storage);
         recover(&site).await?;
         let replication = Replication {

@@ -13,7 +13,9 @@ use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use super::accessor::{self, object_type, readable_bucket, readable_object, serve_object, type_header};
+use super::accessor::{
+    self, object_type, readable_bucket, readable_object, serve_object, type_header,
+};
 use crate::core::objects;
 use crate::core::stream::Verify;
 use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE};
@@ -253,8 +255,7 @@ async fn fetch_from(
     let zstd = !json && wants_zstd(req_headers);
     let mut request = state
         .topology
-        .client()
-        .get(&url)
+        .peer_request(http::Method::GET, &url)
         .header(CLIENT_ID, caller.client_id)
         .header(OP_ID, caller.op_id);
     if json {
