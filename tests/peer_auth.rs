@@ -459,3 +459,159 @@ async fn the_topology_api_validates_ids_and_urls() {
     }
     register(&a, "site-b.dc1_x", "https://b.example:8443/base").await;
 }
+
+/// A CA, and certificates it issues for 127.0.0.1 plus extra names.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "peer-auth test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    /// `[tls]` of a site whose certificate (server and client) names `names`.
+    fn site_tls(&self, file: &str, names: &[&str]) -> String {
+        let mut sans = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        sans.extend(names.iter().map(|n| n.to_string()));
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, file);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let ca = self.dir.path().join("ca.pem");
+        format!(
+            "[tls]\ncert_file = \"{0}\"\nkey_file = \"{1}\"\nca_file = \"{2}\"\nclient_auth = true\n\
+             client_cert_file = \"{0}\"\nclient_key_file = \"{1}\"\n",
+            c.display(),
+            k.display(),
+            ca.display()
+        )
+    }
+
+    /// An https client trusting the CA, presenting the certificate of `file`.
+    fn client(&self, file: &str) -> reqwest::Client {
+        let mut pem = std::fs::read(self.dir.path().join(format!("{file}.pem"))).unwrap();
+        pem.extend(std::fs::read(self.dir.path().join(format!("{file}.key"))).unwrap());
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs src/http/server.rs to insert PeerCertNames per TLS connection (merge step)"]
+async fn without_a_shared_secret_peers_authenticate_with_certificates() {
+    // Auth on with only a foreign public key: sites cannot mint peer tokens, their client
+    // certificates (naming their site ids) are their credential.
+    let pki = Pki::new();
+    let signer = rcgen::KeyPair::generate().unwrap();
+    let public = pki.dir.path().join("issuer.pub.pem");
+    std::fs::write(&public, signer.public_key_pem()).unwrap();
+    let auth = format!(
+        "[auth]\nenabled = true\npublic_key_files = [\"{}\"]\n\
+         [replication]\nworkers = 2\nmax_attempts = 3\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n",
+        public.display()
+    );
+    let a = Site::start(
+        "site-a",
+        &format!("{auth}{}", pki.site_tls("a", &["site-a"])),
+    );
+    let b = Site::start(
+        "site-b",
+        &format!("{auth}{}", pki.site_tls("b", &["site-b"])),
+    );
+    let now = get_current_timestamp();
+    let admin = encode(
+        &Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"sub": "ops", "scope": "mirrorgate::admin", "exp": now + 300}),
+        &EncodingKey::from_ec_pem(signer.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    pki.site_tls("ops", &[]); // a client certificate that names no site
+    let http = pki.client("ops");
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let r = http
+            .post(x.url("/administration/topologies"))
+            .bearer_auth(&admin)
+            .json(&json!({"id": y.id, "name": y.id, "uri": y.url, "status": "UP"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // A certificate that names no site is no peer credential.
+    let r = http
+        .head(a.url("/replicator/remote/buckets/tls-bkt"))
+        .header("x-clonecloudstore-client-id", CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // b's certificate is.
+    let r = pki
+        .client("b")
+        .head(a.url("/replicator/remote/buckets/tls-bkt"))
+        .header("x-clonecloudstore-client-id", CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = http
+        .post(a.url("/cloudclonestore/tls-bkt"))
+        .header("x-clonecloudstore-client-id", CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .post(a.url("/cloudclonestore/tls-bkt/obj"))
+        .header("x-clonecloudstore-client-id", CLIENT)
+        .body("over mtls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    eventually(Duration::from_secs(60), "obj at site-b", || async {
+        let r = http
+            .get(b.url("/cloudclonestore/tls-bkt/obj"))
+            .header("x-clonecloudstore-client-id", CLIENT)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200 && !r.headers().contains_key("x-clonecloudstore-target-id"))
+            .then_some(())
+    })
+    .await;
+}
