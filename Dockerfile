@@ -3,11 +3,14 @@
 # mirrorgate container image.
 #
 #   docker build -t mirrorgate .
-#   docker run -p 8080:8080 -v mirrorgate-data:/var/lib/mirrorgate mirrorgate
+#   docker run -p 8080:8080 -v mirrorgate-data:/var/lib/mirrorgate \
+#       -e MIRRORGATE_JWT_SECRET="$(openssl rand -hex 32)" mirrorgate
 #
 # The image serves one site from /etc/mirrorgate/default.toml (config/docker.toml of this
 # repository): listen 0.0.0.0:8080, data under /var/lib/mirrorgate. Use your own configuration by
 # mounting it over that file, or with `docker run ... mirrorgate serve --config /path/in/container`.
+# Auth is on (the listener is not loopback) and the image ships no token secret: it refuses to
+# start until MIRRORGATE_JWT_SECRET holds 32 random bytes or more (the same on every site).
 
 # ---- build ----------------------------------------------------------------------------------
 FROM rust:1-slim-bookworm AS builder

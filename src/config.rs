@@ -238,8 +238,20 @@ impl Default for ReplicationConfig {
 pub struct AuthConfig {
     /// None: on, except when the site listens on a loopback address.
     pub enabled: Option<bool>,
-    /// HS256 key of the built-in issuer (and accepted for verification).
+    /// HS256 key of the built-in issuer (and accepted for verification). Peers mint their
+    /// `mirrorgate::peer` tokens with it, so it is the same on every site.
     pub jwt_secret: Option<String>,
+    /// Name of an environment variable holding `jwt_secret` (for container images: the secret
+    /// stays out of the file). Setting both is an error; a variable that is unset or empty is
+    /// an error naming it.
+    pub jwt_secret_env: Option<String>,
+    /// true: the data plane (`/cloudclonestore/**`, `/replicator/local/**`) needs a bearer token
+    /// too, and the client id is the token's `client_id` (else `sub`) claim.
+    #[serde(default)]
+    pub data_plane: bool,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
     /// JWKS of an external identity provider.
     pub jwks_file: Option<PathBuf>,
     /// PEM public keys (RSA, EC P-256/P-384, Ed25519) whose tokens are accepted.
@@ -267,6 +279,9 @@ impl Default for AuthConfig {
         Self {
             enabled: None,
             jwt_secret: None,
+            jwt_secret_env: None,
+            data_plane: false,
+            leeway_secs: default_leeway(),
             jwks_file: None,
             public_key_files: Vec::new(),
             issuer: None,
@@ -283,6 +298,34 @@ impl AuthConfig {
     /// Whether any key can verify a token.
     pub fn has_verification_key(&self) -> bool {
         self.jwt_secret.is_some() || self.jwks_file.is_some() || !self.public_key_files.is_empty()
+    }
+
+    /// Reads `jwt_secret_env` into `jwt_secret`.
+    fn resolve_env(&mut self) -> anyhow::Result<()> {
+        let Some(var) = &self.jwt_secret_env else {
+            return Ok(());
+        };
+        anyhow::ensure!(
+            self.jwt_secret.is_none(),
+            "[auth] jwt_secret and jwt_secret_env are both set: keep one"
+        );
+        match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => {
+                self.jwt_secret = Some(value.trim().to_owned());
+                Ok(())
+            }
+            _ => anyhow::bail!(
+                "[auth] jwt_secret_env names the environment variable {var}, which is unset or \
+                 empty: set it to 32 random bytes or more (e.g. `openssl rand -hex 32`)"
+            ),
+        }
+    }
+
+    /// Whether `jwt_secret` is guessable: the example value or shorter than 32 bytes.
+    pub fn weak_secret(&self) -> bool {
+        self.jwt_secret
+            .as_deref()
+            .is_some_and(|s| s == PLACEHOLDER_SECRET || s.len() < MIN_SECRET_BYTES)
     }
 
     /// Refuses settings that would leave the control plane unusable or open.
@@ -332,6 +375,31 @@ pub struct AuthClient {
     pub secret: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+}
+
+/// The example secret of the shipped configurations.
+pub const PLACEHOLDER_SECRET: &str = "change-me";
+/// Shortest `jwt_secret` accepted on a listener that is not a loopback address.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The site id rule (config `site.id`, `[[peers]] id`, the administration API's topology ids):
+/// 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' and '.', starting with a letter or digit. It
+/// keeps ids usable as a token `sub`, a certificate name, an RSE name and a URL segment.
+pub fn check_site_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid site id {:?}: 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' and '.', \
+             starting with a letter or a digit",
+            id.chars().take(80).collect::<String>()
+        ))
+    }
 }
 
 /// TLS for the listener and for calls to peers.
@@ -505,6 +573,9 @@ fn default_max_header_bytes() -> usize {
 fn default_drain_secs() -> u64 {
     30
 }
+fn default_leeway() -> u64 {
+    5
+}
 fn default_token_lifetime() -> u64 {
     3600
 }
@@ -524,13 +595,15 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text)?;
+        let mut config: Config = toml::from_str(text)?;
+        config.auth.resolve_env()?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.site.id.is_empty(), "site.id must not be empty");
+        check_site_id(&self.site.id).map_err(|e| anyhow::anyhow!("site.id: {e}"))?;
         self.listen_addr()?;
         anyhow::ensure!(
             matches!(self.storage.backend.as_str(), "fs" | "s3"),
@@ -558,13 +631,34 @@ impl Config {
             "tls.cert_file and tls.key_file go together"
         );
         for peer in &self.peers {
+            check_site_id(&peer.id).map_err(|e| anyhow::anyhow!("[[peers]] id: {e}"))?;
             anyhow::ensure!(
                 peer.id != self.site.id,
                 "peer id {:?} is this site's own id",
                 peer.id
             );
         }
-        self.auth.validate(self.auth_enabled())
+        self.auth.validate(self.auth_enabled())?;
+        self.check_secret_strength()
+    }
+
+    /// With auth on and a listener other than loopback, a guessable `jwt_secret` would let
+    /// anyone mint operator and peer tokens: refuse to start (before anything binds).
+    pub fn check_secret_strength(&self) -> anyhow::Result<()> {
+        let loopback = self.listen_addr()?.ip().is_loopback();
+        anyhow::ensure!(
+            !self.auth_enabled() || loopback || !self.auth.weak_secret(),
+            "[auth] jwt_secret is {} and site.listen {} is not a loopback address: anyone could \
+             sign tokens with it. Use {MIN_SECRET_BYTES} random bytes or more (e.g. `openssl rand \
+             -hex 32`), the same on every site",
+            if self.auth.jwt_secret.as_deref() == Some(PLACEHOLDER_SECRET) {
+                "the placeholder \"change-me\""
+            } else {
+                "shorter than 32 bytes"
+            },
+            self.site.listen
+        );
+        Ok(())
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -625,10 +719,12 @@ mod tests {
         assert_eq!(c.peers.len(), 2);
     }
 
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
     fn auth_on_for_public_listener() {
         let public = "[site]\nlisten = \"0.0.0.0:8080\"\n";
-        let c = Config::parse(&format!("{public}[auth]\njwt_secret = \"s\"\n")).unwrap();
+        let c = Config::parse(&format!("{public}[auth]\njwt_secret = \"{STRONG}\"\n")).unwrap();
         assert!(c.auth_enabled());
         let c = Config::parse(&format!("{public}[auth]\nenabled = false\n")).unwrap();
         assert!(!c.auth_enabled());
@@ -656,5 +752,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn weak_secret_on_a_public_listener_is_refused_naming_the_key() {
+        let public = "[site]\nlisten = \"0.0.0.0:8080\"\n";
+        for weak in ["change-me", "short-secret", &STRONG[1..]] {
+            let err = Config::parse(&format!("{public}[auth]\njwt_secret = \"{weak}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("[auth] jwt_secret"), "{err}");
+        }
+        // Loopback (development) and auth off keep working with the example value.
+        Config::parse("[auth]\nenabled = true\njwt_secret = \"change-me\"\n").unwrap();
+        Config::parse(&format!(
+            "{public}[auth]\nenabled = false\njwt_secret = \"change-me\"\n"
+        ))
+        .unwrap();
+        Config::parse(include_str!("../config/default.toml")).unwrap();
+    }
+
+    #[test]
+    fn the_container_config_does_not_start_with_a_guessable_secret() {
+        let text = include_str!("../config/docker.toml");
+        assert!(
+            !text.contains("\njwt_secret ="),
+            "docker.toml ships a secret"
+        );
+        // Without the variable the image refuses to start, naming it.
+        let var = "MIRRORGATE_TEST_UNSET_SECRET_VAR";
+        let text = text.replace("MIRRORGATE_JWT_SECRET", var);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains(var) && err.contains("jwt_secret_env"), "{err}");
+    }
+
+    #[test]
+    fn secret_from_the_environment() {
+        let var = "MIRRORGATE_TEST_SECRET_FROM_ENV";
+        std::env::set_var(var, STRONG);
+        let c = Config::parse(&format!(
+            "[site]\nlisten = \"0.0.0.0:8080\"\n[auth]\njwt_secret_env = \"{var}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some(STRONG));
+        let err = Config::parse(&format!(
+            "[auth]\njwt_secret = \"x\"\njwt_secret_env = \"{var}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("both"), "{err}");
+    }
+
+    #[test]
+    fn auth_keys_of_the_contract_and_their_defaults() {
+        let c = Config::parse("").unwrap();
+        assert!(!c.auth.data_plane);
+        assert_eq!(c.auth.leeway_secs, 5);
+        let c = Config::parse("[auth]\ndata_plane = true\nleeway_secs = 2\n").unwrap();
+        assert!(c.auth.data_plane);
+        assert_eq!(c.auth.leeway_secs, 2);
+    }
+
+    #[test]
+    fn site_ids() {
+        for good in ["site-a", "a", "RSE_1", "dc1.rack-2", &"x".repeat(64)] {
+            assert!(check_site_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", ".a", "a b", "a/b", "a:b", "é", &"x".repeat(65)] {
+            assert!(check_site_id(bad).is_err(), "{bad}");
+        }
+        let err = Config::parse("[site]\nid = \"a b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("site.id"), "{err}");
     }
 }

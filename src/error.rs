@@ -57,6 +57,9 @@ impl Error {
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, Origin::Client, m)
     }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unauthorized, Origin::Client, m)
+    }
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(Kind::Forbidden, Origin::Client, m)
     }

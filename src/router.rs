@@ -3,10 +3,15 @@
 //! | class    | who                          | how it is checked                          |
 //! |----------|------------------------------|--------------------------------------------|
 //! | public   | anyone                       | nothing (`/healthz`, `/metrics`, token)    |
-//! | client   | storage nodes (data plane)   | `x-clonecloudstore-client-id` (CCS model)  |
-//! | peer     | another site                 | peer routes (`/replicator/remote/**`)      |
+//! | client   | storage nodes (data plane)   | `x-clonecloudstore-client-id` (CCS model); |
+//! |          |                              | with `[auth] data_plane`: a bearer token   |
+//! |          |                              | naming the client (`api::trust`)           |
+//! | peer     | another site                 | auth on: a `mirrorgate::peer` token (sub = |
+//! |          |                              | site id) or an mTLS certificate naming the |
+//! |          |                              | site (`api::trust`)                        |
 //! | operator | scoped bearer tokens         | `crate::http::auth` per family scope       |
 
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use axum::Router;
 
@@ -16,17 +21,20 @@ use crate::state::AppState;
 
 pub fn router(state: &AppState) -> Router {
     let auth = http::auth::Auth::from_config(&state.config);
+    let trust = api::trust::Trust::new(&auth, state);
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(http::metrics::render))
         .merge(http::auth::routes(&auth));
     let client = Router::new()
         .merge(api::ccs::accessor::routes())
-        .merge(api::ccs::replicator::local_routes());
+        .merge(api::ccs::replicator::local_routes())
+        .route_layer(from_fn_with_state(trust.clone(), api::trust::client_guard));
     let peer = Router::new()
         .merge(api::ccs::replicator::remote_routes())
         .merge(api::ccs::orders::routes())
-        .merge(api::ccs::catalogue::routes());
+        .merge(api::ccs::catalogue::routes())
+        .route_layer(from_fn_with_state(trust, api::trust::peer_guard));
     let operator = Router::new()
         .merge(api::admin::routes())
         .merge(api::backbeat::routes())

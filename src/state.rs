@@ -14,7 +14,7 @@ use crate::core::{Hooks, Site};
 use crate::engines::catalogue::{healing, Catalogue, CatalogueService};
 use crate::engines::replication::{Replication, ReplicationService};
 use crate::engines::tasks::{JobContext, TaskEngine};
-use crate::engines::topology::TopologyService;
+use crate::engines::topology::{Credentials, TopologyService};
 use crate::error::Result;
 use crate::meta::{MetaStore, Topology, TopologyStatus};
 
@@ -50,12 +50,15 @@ impl AppState {
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let stall = Duration::from_secs(config.replication.peer_stall_timeout_secs.max(1));
         let client = crate::tls::peer_client(&config.tls, connect_timeout, stall)?;
-        let topology = Arc::new(TopologyService::new(
-            config.site.id.clone(),
-            config.topology.clone(),
-            meta.clone(),
-            client,
-        ));
+        let topology = Arc::new(
+            TopologyService::new(
+                config.site.id.clone(),
+                config.topology.clone(),
+                meta.clone(),
+                client,
+            )
+            .with_credentials(Credentials::from_config(&config)),
+        );
         let site = Site::new(config, public_url, meta.clone(), storage);
         recover(&site).await?;
         let replication = Replication {

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::config::check_site_id;
 use crate::error::{Error, Result};
 use crate::http::common::no_content;
 use crate::meta::{Topology, TopologyStatus};
@@ -57,9 +58,15 @@ async fn list_topologies(
     Ok(Json(state.meta.list_topologies(status).await?))
 }
 
-fn check_topology(t: &Topology) -> Result<()> {
-    if t.id.trim().is_empty() {
-        return Err(Error::bad_request("topology id must not be empty"));
+/// A topology entry must name another site with a valid id (the config's site id rule) and
+/// a reachable http(s) URL; anything else is 400.
+fn check_topology(t: &Topology, self_id: &str) -> Result<()> {
+    check_site_id(&t.id).map_err(|e| Error::bad_request(format!("topology id: {e}")))?;
+    if t.id == self_id {
+        return Err(Error::bad_request(format!(
+            "topology id {:?} is this site's own id: the topology lists the other sites",
+            t.id
+        )));
     }
     let url: reqwest::Url = t
         .uri
@@ -71,12 +78,24 @@ fn check_topology(t: &Topology) -> Result<()> {
             t.uri
         )));
     }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::bad_request(format!(
+            "topology uri {:?}: has no host",
+            t.uri
+        )));
+    }
+    if url.cannot_be_a_base() || !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::bad_request(format!(
+            "topology uri {:?}: must be a plain http(s)://host[:port][/path] URL",
+            t.uri
+        )));
+    }
     Ok(())
 }
 
 async fn add_topology(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response> {
     let mut t: Topology = serde_json::from_slice(&body)?;
-    check_topology(&t)?;
+    check_topology(&t, &state.site_id)?;
     if t.name.is_empty() {
         t.name = t.id.clone();
     }
@@ -90,7 +109,7 @@ async fn update_topology(
     body: axum::body::Bytes,
 ) -> Result<Response> {
     let t: Topology = serde_json::from_slice(&body)?;
-    check_topology(&t)?;
+    check_topology(&t, &state.site_id)?;
     if state.meta.get_topology(&t.id).await?.is_none() {
         return Err(Error::not_found(format!("remote site {} not found", t.id)));
     }

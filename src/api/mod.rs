@@ -8,3 +8,4 @@ pub mod backbeat;
 pub mod ccs;
 pub mod dr;
 pub mod rucio;
+pub mod trust;

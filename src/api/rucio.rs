@@ -474,8 +474,7 @@ pub async fn forward(
     let url = format!("{}{path}", site.url.trim_end_matches('/'));
     let mut req = state
         .topology
-        .client()
-        .request(method, url)
+        .forward_request(method, url)
         .json(body)
         .timeout(FORWARD_TIMEOUT);
     for name in [header::AUTHORIZATION.as_str(), "x-rucio-auth-token"] {

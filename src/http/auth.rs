@@ -46,6 +46,8 @@ use envelope::Denial;
 pub const SCOPE_READ: &str = "mirrorgate::read";
 /// Full access to the mirrorgate families (implies read).
 pub const SCOPE_ADMIN: &str = "mirrorgate::admin";
+/// A site calling another site's `/replicator/remote/**` routes (`sub` = its site id).
+pub const SCOPE_PEER: &str = "mirrorgate::peer";
 /// The Acronis DR administrator; accepted as administrator of every family.
 pub const SCOPE_DR_ADMIN: &str = "dr_service::admin";
 pub const SCOPE_DR_OPERATOR: &str = "dr::support_operator";
@@ -139,8 +141,13 @@ impl Auth {
             }
             Err(_) => Verifier::refusing_all(),
         };
+        if enabled && config.auth.weak_secret() {
+            // Only reachable on a loopback listener: elsewhere the config is refused.
+            tracing::warn!(
+                "[auth] jwt_secret is short or the example value: use 32 random bytes or more"
+            );
+        }
         if enabled {
-            warn_about_weak_secret(config);
             tracing::info!(
                 keys = verifier.key_count(),
                 clients = config.auth.clients.len(),
@@ -158,6 +165,16 @@ impl Auth {
                 config.auth.rate_limit_burst,
             ),
         })
+    }
+
+    /// Whether control-plane auth is on (`Config::auth_enabled`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The trusted keys, for the peer and data-plane checks.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// Decides a control-plane request: the principal to hand to the route, or the denial.
@@ -200,24 +217,20 @@ fn log_decision(config: &Config, enabled: bool) {
     }
 }
 
-fn warn_about_weak_secret(config: &Config) {
-    if let Some(secret) = &config.auth.jwt_secret {
-        if secret == "change-me" || secret.len() < 32 {
-            tracing::warn!(
-                "[auth] jwt_secret is short or the example value: use 32 random bytes or more"
-            );
-        }
+/// The `Authorization: Bearer` token of the request.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Rejection> {
+    let value = headers.get(AUTHORIZATION).ok_or(Rejection::Missing)?;
+    let value = value.to_str().map_err(|_| Rejection::NotBearer)?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(Rejection::NotBearer),
     }
 }
 
 /// The bearer token of the request (for Rucio also `X-Rucio-Auth-Token`).
 fn presented_token(headers: &HeaderMap, family: Family) -> Result<&str, Rejection> {
-    if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| Rejection::NotBearer)?;
-        return match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
-            _ => Err(Rejection::NotBearer),
-        };
+    if headers.contains_key(AUTHORIZATION) {
+        return bearer_token(headers);
     }
     if family == Family::Rucio {
         if let Some(token) = headers.get(RUCIO_TOKEN).and_then(|v| v.to_str().ok()) {

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::http::peer::TokenClient;
 
 pub use crate::core::wire::{CLIENT_ID, ERROR, MODULE, OP_ID, TARGET_ID, TYPE};
 
@@ -30,13 +31,18 @@ impl<S: Send + Sync> FromRequestParts<S> for OpId {
     }
 }
 
-/// `x-clonecloudstore-client-id`, required on the data routes.
+/// The client of a data route: with `[auth] data_plane = true`, the one the token speaks for
+/// (`TokenClient`, set by `crate::api::trust`, which already refused a disagreeing header);
+/// otherwise `x-clonecloudstore-client-id`, required.
 #[derive(Debug, Clone)]
 pub struct ClientId(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientId {
     type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        if let Some(TokenClient(id)) = parts.extensions.get::<TokenClient>() {
+            return Ok(ClientId(id.clone()));
+        }
         match parts
             .headers
             .get(&CLIENT_ID)

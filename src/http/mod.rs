@@ -3,5 +3,6 @@
 pub mod auth;
 pub mod common;
 pub mod metrics;
+pub mod peer;
 pub mod ratelimit;
 pub mod server;

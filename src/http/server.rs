@@ -44,6 +44,7 @@ use tower::ServiceExt;
 
 use crate::config::LimitsConfig;
 use crate::http::common;
+use crate::http::peer::PeerCertNames;
 
 pub struct ServeOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -172,8 +173,16 @@ pub async fn serve(
                         Ok(tls) => tls,
                         Err(e) => return tracing::info!(%peer, "TLS handshake refused: {e}"),
                     };
+                    // The client certificate's names, for the peer check (mTLS).
+                    let names = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|cert| PeerCertNames(crate::http::peer::cert_names(cert)));
                     let activity = Activity::new();
-                    let service = ConnService::new(app, peer, bounds, activity.clone());
+                    let mut service = ConnService::new(app, peer, bounds, activity.clone());
+                    service.cert_names = names;
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     drive(conn, activity, bounds, stop, peer).await
                 }
@@ -361,6 +370,8 @@ struct ConnService {
     peer: std::net::SocketAddr,
     bounds: Bounds,
     activity: Arc<Activity>,
+    /// Names of the TLS client certificate, when the client presented one.
+    cert_names: Option<PeerCertNames>,
 }
 
 impl ConnService {
@@ -375,6 +386,7 @@ impl ConnService {
             peer,
             bounds,
             activity,
+            cert_names: None,
         }
     }
 }
@@ -399,6 +411,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         });
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
+        if let Some(names) = &self.cert_names {
+            req.extensions_mut().insert(names.clone());
+        }
         let app = self.app.clone();
         Box::pin(async move {
             let resp = app.oneshot(req).await?;

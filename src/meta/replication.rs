@@ -533,13 +533,23 @@ impl MetaStore {
         Ok(())
     }
 
-    pub async fn order_statuses(&self, op_ids: &[String]) -> Result<Vec<OrderStatus>> {
+    /// The status of each received order; with `from_site`, orders another site sent are
+    /// UNKNOWN (a peer learns only about its own orders).
+    pub async fn order_statuses(
+        &self,
+        op_ids: &[String],
+        from_site: Option<&str>,
+    ) -> Result<Vec<OrderStatus>> {
         let mut out = Vec::with_capacity(op_ids.len());
         for op_id in op_ids {
-            let row = sqlx::query("SELECT state, last_error, attempts FROM inbox WHERE op_id = $1")
-                .bind(op_id)
-                .fetch_optional(self.pool())
-                .await?;
+            let row = sqlx::query(
+                "SELECT state, last_error, attempts FROM inbox \
+                 WHERE op_id = $1 AND ($2 IS NULL OR from_site = $2)",
+            )
+            .bind(op_id)
+            .bind(from_site)
+            .fetch_optional(self.pool())
+            .await?;
             out.push(match row {
                 Some(r) => OrderStatus {
                     op_id: op_id.clone(),

@@ -255,8 +255,7 @@ async fn fetch_from(
     let zstd = !json && wants_zstd(req_headers);
     let mut request = state
         .topology
-        .client()
-        .get(&url)
+        .peer_request(http::Method::GET, &url)
         .header(CLIENT_ID, caller.client_id)
         .header(OP_ID, caller.op_id);
     if json {

@@ -92,8 +92,7 @@ async fn ask<T: DeserializeOwned>(
     let answer = async {
         let resp = state
             .topology
-            .client()
-            .post(url)
+            .peer_request(reqwest::Method::POST, url)
             .json(body)
             .timeout(state.topology.peer_timeout())
             .send()

@@ -268,8 +268,7 @@ impl Run<'_> {
                 let request = self
                     .state
                     .topology
-                    .client()
-                    .head(url)
+                    .peer_request(reqwest::Method::HEAD, url)
                     .header(CLIENT_ID, owner)
                     .timeout(self.state.topology.peer_timeout());
                 same_hash(request, o.hash.clone())

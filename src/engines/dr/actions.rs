@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{stream, StreamExt};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{find_server, status, Server};
 use crate::core::wire::CLIENT_ID;
 use crate::engines::tasks::JobContext;
 use crate::engines::tasks::{Executor, RunEnd, TaskHandle};
+use crate::engines::topology::SCOPE_ADMIN;
 use crate::error::{Error, Kind, Result};
 use crate::meta::dr::InventoryItem;
 use crate::meta::{Topology, TopologyStatus};
@@ -207,8 +209,7 @@ async fn inventory_page(
     }
     let resp = state
         .topology
-        .client()
-        .get(&url)
+        .peer_request(Method::GET, &url)
         .send()
         .await
         .map_err(|e| {
@@ -244,8 +245,7 @@ async fn check_one(state: &JobContext, recovery: &Topology, item: &InventoryItem
     );
     let resp = match state
         .topology
-        .client()
-        .get(&url)
+        .peer_request(Method::GET, &url)
         .header(CLIENT_ID, &item.client_id)
         .send()
         .await
@@ -256,8 +256,7 @@ async fn check_one(state: &JobContext, recovery: &Topology, item: &InventoryItem
         Err(e) => {
             let head = state
                 .topology
-                .client()
-                .head(&url)
+                .peer_request(Method::HEAD, &url)
                 .header(CLIENT_ID, &item.client_id)
                 .send()
                 .await;
@@ -406,15 +405,13 @@ async fn set_primary_status(
             "{}/administration/topologies",
             peer.uri.trim_end_matches('/')
         );
-        let mut request = state
+        // The peers' administration API: a token of this site with the admin scope (only
+        // for this call; every other peer call carries the peer scope).
+        let request = state
             .topology
-            .client()
-            .put(url)
+            .request_with_scope(Method::PUT, url, SCOPE_ADMIN)
             .json(&updated)
             .timeout(state.topology.peer_timeout());
-        if let Some(token) = site_token(state) {
-            request = request.bearer_auth(token);
-        }
         match request.send().await {
             Ok(r) if r.status().is_success() => told.push(peer.id.clone()),
             Ok(r) => {
@@ -426,18 +423,4 @@ async fn set_primary_status(
         }
     }
     Ok(told)
-}
-
-/// A short-lived admin token for calls to peers that share this site's HS256 secret.
-fn site_token(state: &JobContext) -> Option<String> {
-    let secret = state.config.auth.jwt_secret.as_ref()?;
-    let now = chrono::Utc::now().timestamp();
-    let claims =
-        json!({ "sub": state.site_id, "scope": "mirrorgate::admin", "iat": now, "exp": now + 300 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .ok()
 }

@@ -252,8 +252,7 @@ async fn post<T: serde::Serialize>(
 ) -> Result<reqwest::Response> {
     let resp = state
         .topology
-        .client()
-        .post(peer_url(uri, path))
+        .peer_request(reqwest::Method::POST, peer_url(uri, path))
         .json(body)
         .timeout(Duration::from_secs(30))
         .send()

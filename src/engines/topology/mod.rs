@@ -4,6 +4,10 @@
 //! is skipped for a while, then tried again. Positive answers are cached; negative ones only
 //! briefly, and only when every asked peer answered cleanly.
 
+mod peer;
+
+pub use peer::{Credentials, PeerClient, SCOPE_ADMIN, SCOPE_PEER};
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +71,8 @@ pub struct TopologyService {
     config: TopologyConfig,
     meta: MetaStore,
     client: reqwest::Client,
+    /// This site's peer credential (see `peer`).
+    credentials: Credentials,
     cache: DashMap<Target, CacheEntry>,
     health: DashMap<String, PeerHealth>,
     peers: RwLock<Option<(Instant, Arc<Vec<Topology>>)>>,
@@ -87,14 +93,11 @@ impl TopologyService {
             config,
             meta,
             client,
+            credentials: Credentials::none(),
             cache: DashMap::new(),
             health: DashMap::new(),
             peers: RwLock::new(None),
         }
-    }
-
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
     }
 
     pub fn peer_timeout(&self) -> Duration {
@@ -292,8 +295,7 @@ impl TopologyService {
         let started = Instant::now();
         let url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
         let sent = self
-            .client
-            .head(&url)
+            .peer_request(reqwest::Method::HEAD, &url)
             .header(CLIENT_ID, caller.client_id)
             .header(OP_ID, caller.op_id)
             .timeout(self.peer_timeout())

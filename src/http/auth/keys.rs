@@ -17,12 +17,19 @@ use crate::config::AuthConfig;
 pub struct Principal {
     /// The `sub` claim.
     pub subject: Option<String>,
+    /// The `client_id` claim (OAuth2 token exchange, RFC 8693), when the token carries one.
+    pub client_id: Option<String>,
     pub scopes: Vec<String>,
 }
 
 impl Principal {
     pub fn has_any(&self, wanted: &[&str]) -> bool {
         self.scopes.iter().any(|s| wanted.contains(&s.as_str()))
+    }
+
+    /// Who the token speaks for on the data plane: `client_id`, else `sub`.
+    pub fn data_plane_client(&self) -> Option<&str> {
+        self.client_id.as_deref().or(self.subject.as_deref())
     }
 }
 
@@ -93,6 +100,7 @@ pub struct Verifier {
     keys: Vec<TrustedKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway_secs: u64,
 }
 
 /// A claim that IdPs write either as a space-separated string or as an array.
@@ -115,6 +123,7 @@ impl Words {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    client_id: Option<String>,
     scope: Option<Words>,
     scopes: Option<Words>,
 }
@@ -125,6 +134,7 @@ impl Claims {
         scopes.extend(self.scopes.map(Words::into_vec).unwrap_or_default());
         Principal {
             subject: self.sub.filter(|s| !s.is_empty()),
+            client_id: self.client_id.filter(|s| !s.is_empty()),
             scopes,
         }
     }
@@ -155,6 +165,7 @@ impl Verifier {
             keys,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            leeway_secs: config.leeway_secs,
         })
     }
 
@@ -164,6 +175,7 @@ impl Verifier {
             keys: Vec::new(),
             issuer: None,
             audience: None,
+            leeway_secs: 0,
         }
     }
 
@@ -210,6 +222,8 @@ impl Verifier {
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.validate_nbf = true;
+        // jsonwebtoken tolerates 60 s of clock skew by default; `[auth] leeway_secs` decides.
+        v.leeway = self.leeway_secs;
         if let Some(issuer) = &self.issuer {
             v.set_issuer(&[issuer]);
             v.required_spec_claims.insert("iss".into());
@@ -364,5 +378,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.verify(&t), Err(Rejection::UnknownKey));
+    }
+
+    #[test]
+    fn leeway_is_the_configured_one() {
+        let mut config = secret_config("s");
+        config.leeway_secs = 0;
+        let v = Verifier::from_config(&config).unwrap();
+        // Expired 30 s ago: jsonwebtoken's default leeway (60 s) would still accept it.
+        let late = serde_json::json!({"sub": "x", "exp": now() - 30});
+        assert_eq!(v.verify(&hs256("s", late.clone())), Err(Rejection::Expired));
+        config.leeway_secs = 60;
+        let v = Verifier::from_config(&config).unwrap();
+        assert!(v.verify(&hs256("s", late)).is_ok());
+        let client = serde_json::json!({"sub": "x", "client_id": "c", "exp": now() + 60});
+        let p = v.verify(&hs256("s", client)).unwrap();
+        assert_eq!(p.data_plane_client(), Some("c"));
     }
 }
