@@ -5,6 +5,16 @@
 //!   so a corrupt object never reaches a client as a complete-looking body.
 //! - [`zstd_encode`] / [`zstd_decode`] run the codec on a blocking thread, fed and drained
 //!   through bounded channels, so compression never stalls the reactor and backpressure holds.
+//! - [`zstd_decode_bounded`] and [`limit_size`] bound what an upload may cost: the decoder
+//!   refuses frames whose window is larger than configured, and a body larger than the
+//!   largest object is cut off.
+//!
+//! Memory of one compressed upload, at most: [`CODEC_DEPTH`] request frames waiting for the
+//! decoder (hyper hands out frames of at most about 408 KiB: 1.6 MiB), [`CODEC_DEPTH`] decoded
+//! chunks waiting for storage plus one being filled and one being written
+//! ((`CODEC_DEPTH` + 2) × [`CODEC_CHUNK`] = 1.5 MiB), and the decoder's window
+//! (≤ `[limits] zstd_window_max_bytes`, 8 MiB by default) with its 128 KiB block buffer:
+//! about 11.3 MiB with the defaults, whatever the size of the object.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,15 +24,15 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
-use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::stream::raw::{DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, Kind, Origin, Result};
 use crate::model::hash;
 use crate::storage::ByteStream;
 
 /// zstd output chunk size, and the depth of each codec channel.
-const CODEC_CHUNK: usize = 256 * 1024;
-const CODEC_DEPTH: usize = 4;
+pub const CODEC_CHUNK: usize = 256 * 1024;
+pub const CODEC_DEPTH: usize = 4;
 /// Level used on the wire: fast, the link is the bottleneck rarely enough.
 pub const ZSTD_LEVEL: i32 = 1;
 
@@ -176,9 +186,58 @@ pub fn zstd_decode(input: ByteStream) -> ByteStream {
     codec_pipeline(input, Decoder::new, false)
 }
 
+/// Like [`zstd_decode`], but a frame that needs a window larger than `2^window_log_max` bytes
+/// is refused (400) before the decoder allocates it.
+pub fn zstd_decode_bounded(input: ByteStream, window_log_max: u32) -> ByteStream {
+    codec_pipeline(
+        input,
+        move || {
+            let mut decoder = Decoder::new()?;
+            decoder.set_parameter(DParameter::WindowLogMax(window_log_max))?;
+            Ok(decoder)
+        },
+        false,
+    )
+}
+
+/// Fails the stream with 413 (`Kind::PayloadTooLarge`) as soon as more than `max` bytes have
+/// passed; nothing beyond the limit is forwarded.
+pub fn limit_size(input: ByteStream, max: u64, what: &'static str) -> ByteStream {
+    let mut seen = 0u64;
+    let mut over = false;
+    Box::pin(input.map(move |item| {
+        if over {
+            return Err(too_large(max, what));
+        }
+        let chunk = item?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > max {
+            over = true;
+            return Err(too_large(max, what));
+        }
+        Ok(chunk)
+    }))
+}
+
+/// The most zstd bytes a body of at most `max` uncompressed bytes needs (zstd's compress
+/// bound, generously rounded up; at least 64 KiB), so a compressed body cannot be made
+/// endless with skippable frames or empty blocks.
+pub fn zstd_bound(max: u64) -> u64 {
+    max.saturating_add(max / 128).saturating_add(64 * 1024)
+}
+
+/// The error of a body larger than the limit.
+pub fn too_large(max: u64, what: &str) -> Error {
+    Error::payload_too_large(format!("{what} is larger than the limit of {max} bytes"))
+}
+
 fn codec_error(e: impl std::fmt::Display, encode: bool) -> Error {
     if encode {
         Error::internal(format!("zstd compression failed: {e}"))
+    } else if e.to_string().contains("too much memory") {
+        Error::bad_request(format!(
+            "zstd frame needs a larger window than this site accepts ({e})"
+        ))
     } else {
         Error::bad_request(format!("invalid zstd body: {e}"))
     }

@@ -13,7 +13,9 @@ use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use super::accessor::{self, object_type, readable_bucket, readable_object, serve_object, type_header};
+use super::accessor::{
+    self, object_type, readable_bucket, readable_object, serve_object, type_header,
+};
 use crate::core::objects;
 use crate::core::stream::Verify;
 use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE};
