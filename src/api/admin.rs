@@ -57,7 +57,7 @@ async fn list_topologies(
     Ok(Json(state.meta.list_topologies(status).await?))
 }
 
-fn check_topology(t: &Topology) -> Result<()> {
+pub(crate) fn check_topology(t: &Topology) -> Result<()> {
     if t.id.trim().is_empty() {
         return Err(Error::bad_request("topology id must not be empty"));
     }

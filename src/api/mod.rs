@@ -8,3 +8,6 @@ pub mod backbeat;
 pub mod ccs;
 pub mod dr;
 pub mod rucio;
+
+#[cfg(test)]
+mod admin_props;

@@ -494,6 +494,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bounded_decoder_refuses_a_wider_window() {
+        let data = sample(300_000);
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(25).unwrap();
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        let wide = enc.finish().unwrap();
+        let err = collect(zstd_decode_bounded(
+            from_chunks(vec![Bytes::from(wide.clone())]),
+            23,
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, Kind::BadRequest, "{err}");
+        assert!(err.message.contains("window"), "{err}");
+        let back = collect(zstd_decode_bounded(
+            from_chunks(vec![Bytes::from(wide)]),
+            25,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn limit_size_cuts_off_past_the_limit() {
+        let data = sample(100_000);
+        let ok = collect(limit_size(from_chunks(chunks(&data, 30_000)), 100_000, "x"))
+            .await
+            .unwrap();
+        assert_eq!(ok, data);
+        let mut s = limit_size(from_chunks(chunks(&data, 30_000)), 99_999, "x");
+        let mut passed = 0;
+        let err = loop {
+            match s.next().await {
+                Some(Ok(c)) => passed += c.len(),
+                Some(Err(e)) => break e,
+                None => panic!("no error"),
+            }
+        };
+        assert_eq!(err.kind, Kind::PayloadTooLarge);
+        assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(passed <= 99_999);
+        // The limit applies after decompression: a small bomb is cut off as well.
+        let bomb = zstd::encode_all(&vec![0u8; 4 << 20][..], 3).unwrap();
+        let err = collect(limit_size(
+            zstd_decode_bounded(from_chunks(vec![Bytes::from(bomb)]), 23),
+            1 << 20,
+            "x",
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, Kind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
     async fn truncated_or_garbage_zstd_is_an_error() {
         let compressed = zstd::encode_all(&sample(100_000)[..], 1).unwrap();
         let cut = compressed[..compressed.len() / 2].to_vec();
