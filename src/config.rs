@@ -403,8 +403,8 @@ pub struct LimitsConfig {
     /// Largest zstd window a compressed upload may ask for, in bytes (rounded down to a power
     /// of two, at least 1 KiB). A frame declaring a larger window is refused with 400. The
     /// decoder's memory is about this window, so one compressed upload holds at most
-    /// `zstd_window_max_bytes` + 128 KiB (zstd block) + about 3.1 MiB of chunks in the codec
-    /// channels (see `core::stream`): about 11.3 MiB with the defaults.
+    /// `zstd_window_max_bytes` + 128 KiB (zstd block) + about 3.9 MiB of chunks in and around
+    /// the codec channels (see `core::stream`): about 12 MiB with the defaults.
     #[serde(default = "default_zstd_window_max")]
     pub zstd_window_max_bytes: u64,
 }

@@ -9,12 +9,12 @@
 //!   refuses frames whose window is larger than configured, and a body larger than the
 //!   largest object is cut off.
 //!
-//! Memory of one compressed upload, at most: [`CODEC_DEPTH`] request frames waiting for the
-//! decoder (hyper hands out frames of at most about 408 KiB: 1.6 MiB), [`CODEC_DEPTH`] decoded
-//! chunks waiting for storage plus one being filled and one being written
-//! ((`CODEC_DEPTH` + 2) × [`CODEC_CHUNK`] = 1.5 MiB), and the decoder's window
+//! Memory of one compressed upload, at most: `CODEC_DEPTH` + 2 request frames (queued for the
+//! decoder, one being decoded, one waiting to be queued; hyper hands out frames of at most
+//! about 408 KiB: 2.4 MiB), `CODEC_DEPTH` + 2 decoded chunks of [`CODEC_CHUNK`] (queued for
+//! storage, one being filled, one being written: 1.5 MiB), and the decoder's window
 //! (≤ `[limits] zstd_window_max_bytes`, 8 MiB by default) with its 128 KiB block buffer:
-//! about 11.3 MiB with the defaults, whatever the size of the object.
+//! about 12 MiB with the defaults, whatever the size of the object.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
