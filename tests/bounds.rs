@@ -130,7 +130,7 @@ async fn uploads_beyond_max_object_bytes_are_refused_and_leave_nothing() {
     put_object(&site, BUCKET, "exact.bin", data(MIB, 1)).await;
 
     // Declared by Content-Length.
-    let over = data(MIB + MIB / 4, 2);
+    let over = data(3 * MIB, 2);
     let status = upload_status(
         client()
             .post(object_url(&site, "declared.bin"))

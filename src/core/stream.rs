@@ -219,6 +219,69 @@ pub fn limit_size(input: ByteStream, max: u64, what: &'static str) -> ByteStream
     }))
 }
 
+/// A request body that, when dropped before its end (the upload was refused or cut off), goes
+/// on reading and discarding it in a background task, up to `max_bytes` or `max_time`. The
+/// client, still sending, then gets to read the answer (413, 400) instead of a connection
+/// reset; past either bound the connection is closed as before. Nothing read is kept.
+pub struct DrainOnDrop {
+    inner: Option<ByteStream>,
+    finished: bool,
+    max_bytes: u64,
+    max_time: std::time::Duration,
+}
+
+impl DrainOnDrop {
+    pub fn new(inner: ByteStream, max_bytes: u64, max_time: std::time::Duration) -> Self {
+        Self {
+            inner: Some(inner),
+            finished: false,
+            max_bytes,
+            max_time,
+        }
+    }
+}
+
+impl Stream for DrainOnDrop {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(inner.poll_next_unpin(cx));
+        if !matches!(item, Some(Ok(_))) {
+            self.finished = true;
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        if self.finished {
+            return;
+        }
+        let (max_bytes, max_time) = (self.max_bytes, self.max_time);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let drain = async {
+                    let mut seen = 0u64;
+                    while let Some(Ok(chunk)) = inner.next().await {
+                        seen += chunk.len() as u64;
+                        if seen > max_bytes {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(max_time, drain).await;
+            });
+        }
+    }
+}
+
 /// The most zstd bytes a body of at most `max` uncompressed bytes needs (zstd's compress
 /// bound, generously rounded up; at least 64 KiB), so a compressed body cannot be made
 /// endless with skippable frames or empty blocks.
@@ -546,6 +609,34 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.kind, Kind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_is_drained_up_to_its_bounds() {
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(1);
+        let mut body = DrainOnDrop::new(
+            Box::pin(ChannelStream::new(rx)),
+            10_000,
+            std::time::Duration::from_secs(5),
+        );
+        let sender = tokio::spawn(async move {
+            let mut sent = 0;
+            for _ in 0..20 {
+                if tx.send(Ok(Bytes::from(vec![0u8; 1000]))).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        assert!(body.next().await.is_some());
+        drop(body);
+        // Drained past the first chunk, stopped once past 10 000 bytes.
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), sender)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!((11..20).contains(&sent), "{sent}");
     }
 
     #[tokio::test]

@@ -215,6 +215,16 @@ async fn create_object(
 ) -> Result<Response> {
     check_bucket(&bucket)?;
     check_object(&name)?;
+    // A refused or cut-off upload's body is read on (and discarded) for a moment, so the
+    // client gets to read the answer.
+    let input: ByteStream = Box::pin(stream::DrainOnDrop::new(
+        Box::pin(
+            body.into_data_stream()
+                .map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
+        ),
+        DRAIN_MAX_BYTES,
+        DRAIN_MAX_TIME,
+    ));
     let upload = wire::parse_upload(&req_headers)?;
     let limits = &state.config.limits;
     let max = limits.max_object();
@@ -232,10 +242,7 @@ async fn create_object(
         size: upload.size.unwrap_or(0),
         metadata: upload.metadata,
     };
-    let mut input: ByteStream = Box::pin(
-        body.into_data_stream()
-            .map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
-    );
+    let mut input = input;
     if upload.zstd {
         if let Some(max) = max {
             input = stream::limit_size(input, stream::zstd_bound(max), "the compressed body");
@@ -258,6 +265,11 @@ async fn create_object(
     .await?;
     Ok((StatusCode::CREATED, object_headers(&stored), Json(stored)).into_response())
 }
+
+/// How much of a refused upload's body is still read (and discarded) so that the client, still
+/// sending, reads the answer rather than a connection reset.
+const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// 413 before anything is stored when the client declares more than the largest object:
 /// `x-clonecloudstore-size`, or `Content-Length` (of the compressed bytes for a zstd body).
