@@ -436,6 +436,20 @@ pub struct TopologyConfig {
     pub peer_failure_threshold: u32,
     #[serde(default = "default_peer_backoff")]
     pub peer_backoff_ms: u64,
+    /// Most lookup answers (positive and negative) the cache holds. When it is full, expired
+    /// entries are dropped first, then the entries closest to expiry; a sweep every few seconds
+    /// drops expired entries as well. 0 turns the cache off.
+    #[serde(default = "default_cache_max_entries")]
+    pub cache_max_entries: usize,
+    /// Cache misses (lookups that must ask the peers) a client may cause per second, beyond
+    /// `miss_burst`; more are refused with 429 and `Retry-After`, without asking any peer.
+    /// 0 turns the limit off.
+    #[serde(default = "default_miss_rate")]
+    pub miss_rate_per_second: u32,
+    /// Cache misses a client may cause at once before `miss_rate_per_second` applies
+    /// (0: one second's worth).
+    #[serde(default = "default_miss_burst")]
+    pub miss_burst: u32,
 }
 
 impl Default for TopologyConfig {
@@ -446,6 +460,9 @@ impl Default for TopologyConfig {
             positive_ttl_ms: default_positive_ttl(),
             peer_failure_threshold: default_peer_failures(),
             peer_backoff_ms: default_peer_backoff(),
+            cache_max_entries: default_cache_max_entries(),
+            miss_rate_per_second: default_miss_rate(),
+            miss_burst: default_miss_burst(),
         }
     }
 }
@@ -484,6 +501,33 @@ pub struct LimitsConfig {
     /// 0: no limit.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Largest object an upload may store, in bytes (after decompression for a zstd body).
+    /// A larger declared size (`x-clonecloudstore-size`, or `Content-Length` of a plain body)
+    /// is refused with 413 before anything is stored; a body that turns out larger is cut off
+    /// with 413 and nothing of it is kept. 0 means no limit.
+    #[serde(default = "default_max_object_bytes")]
+    pub max_object_bytes: u64,
+    /// Largest zstd window a compressed upload may ask for, in bytes (rounded down to a power
+    /// of two, at least 1 KiB). A frame declaring a larger window is refused with 400. The
+    /// decoder's memory is about this window, so one compressed upload holds at most
+    /// `zstd_window_max_bytes` + 128 KiB (zstd block) + about 3.9 MiB of chunks in and around
+    /// the codec channels (see `core::stream`): about 12 MiB with the defaults.
+    #[serde(default = "default_zstd_window_max")]
+    pub zstd_window_max_bytes: u64,
+}
+
+impl LimitsConfig {
+    /// `max_object_bytes` as an option (None: unlimited).
+    pub fn max_object(&self) -> Option<u64> {
+        (self.max_object_bytes > 0).then_some(self.max_object_bytes)
+    }
+
+    /// The zstd `WindowLogMax` for `zstd_window_max_bytes`: log2, rounded down, within the
+    /// range zstd accepts (10..=31).
+    pub fn zstd_window_log_max(&self) -> u32 {
+        let bytes = self.zstd_window_max_bytes.max(1);
+        (63 - bytes.leading_zeros()).clamp(10, 31)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -496,6 +540,8 @@ impl Default for LimitsConfig {
             min_body_rate_bytes_per_sec: default_min_body_rate(),
             body_rate_grace_secs: default_body_rate_grace_secs(),
             max_connections: default_max_connections(),
+            max_object_bytes: default_max_object_bytes(),
+            zstd_window_max_bytes: default_zstd_window_max(),
         }
     }
 }
@@ -575,6 +621,21 @@ fn default_drain_secs() -> u64 {
 }
 fn default_leeway() -> u64 {
     5
+}
+fn default_max_object_bytes() -> u64 {
+    1 << 40 // 1 TiB
+}
+fn default_zstd_window_max() -> u64 {
+    8 << 20 // 8 MiB: window log 23
+}
+fn default_cache_max_entries() -> usize {
+    100_000
+}
+fn default_miss_rate() -> u32 {
+    100
+}
+fn default_miss_burst() -> u32 {
+    200
 }
 fn default_token_lifetime() -> u64 {
     3600
@@ -825,5 +886,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("site.id"), "{err}");
+    }
+
+    #[test]
+    fn limit_defaults_and_window_log() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.limits.max_object(), Some(1 << 40));
+        assert_eq!(c.limits.zstd_window_log_max(), 23);
+        assert_eq!(c.topology.cache_max_entries, 100_000);
+        let c = Config::parse("[limits]\nmax_object_bytes = 0\nzstd_window_max_bytes = 3000000\n")
+            .unwrap();
+        assert_eq!(c.limits.max_object(), None);
+        assert_eq!(c.limits.zstd_window_log_max(), 21);
     }
 }

@@ -42,6 +42,8 @@ pub struct Error {
     pub kind: Kind,
     pub origin: Origin,
     pub message: String,
+    /// Seconds after which the client may try again (rendered as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,7 +54,19 @@ impl Error {
             kind,
             origin,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    /// 429: the client asked too often; it may try again after `retry_after` seconds.
+    pub fn too_many_requests(m: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(Kind::TooManyRequests, Origin::Client, m)
+        }
+    }
+    /// 413: the body is larger than this site accepts.
+    pub fn payload_too_large(m: impl Into<String>) -> Self {
+        Self::new(Kind::PayloadTooLarge, Origin::Client, m)
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, Origin::Client, m)

@@ -125,9 +125,12 @@ impl AppState {
         Ok(state)
     }
 
-    /// Starts the background engines: replication, the catalogue's jobs, interrupted tasks
-    /// and the definitions scheduler.
+    /// Starts the background engines: replication, the catalogue's jobs, interrupted tasks,
+    /// the definitions scheduler and the topology cache sweep.
     pub async fn start(&self) -> anyhow::Result<()> {
+        tokio::spawn(crate::engines::topology::sweep(Arc::downgrade(
+            &self.topology,
+        )));
         crate::engines::catalogue::start(&self.catalogue);
         crate::engines::replication::start(&self.replication);
         self.tasks.recover().await?;

@@ -60,7 +60,7 @@ async fn list_topologies(
 
 /// A topology entry must name another site with a valid id (the config's site id rule) and
 /// a reachable http(s) URL; anything else is 400.
-fn check_topology(t: &Topology, self_id: &str) -> Result<()> {
+pub(crate) fn check_topology(t: &Topology, self_id: &str) -> Result<()> {
     check_site_id(&t.id).map_err(|e| Error::bad_request(format!("topology id: {e}")))?;
     if t.id == self_id {
         return Err(Error::bad_request(format!(

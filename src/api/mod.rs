@@ -9,3 +9,6 @@ pub mod ccs;
 pub mod dr;
 pub mod rucio;
 pub mod trust;
+
+#[cfg(test)]
+mod admin_props;

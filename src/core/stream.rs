@@ -5,6 +5,16 @@
 //!   so a corrupt object never reaches a client as a complete-looking body.
 //! - [`zstd_encode`] / [`zstd_decode`] run the codec on a blocking thread, fed and drained
 //!   through bounded channels, so compression never stalls the reactor and backpressure holds.
+//! - [`zstd_decode_bounded`] and [`limit_size`] bound what an upload may cost: the decoder
+//!   refuses frames whose window is larger than configured, and a body larger than the
+//!   largest object is cut off.
+//!
+//! Memory of one compressed upload, at most: `CODEC_DEPTH` + 2 request frames (queued for the
+//! decoder, one being decoded, one waiting to be queued; hyper hands out frames of at most
+//! about 408 KiB: 2.4 MiB), `CODEC_DEPTH` + 2 decoded chunks of [`CODEC_CHUNK`] (queued for
+//! storage, one being filled, one being written: 1.5 MiB), and the decoder's window
+//! (≤ `[limits] zstd_window_max_bytes`, 8 MiB by default) with its 128 KiB block buffer:
+//! about 12 MiB with the defaults, whatever the size of the object.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,15 +24,15 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream_shim::ReceiverStream;
-use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::stream::raw::{DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, Kind, Origin, Result};
 use crate::model::hash;
 use crate::storage::ByteStream;
 
 /// zstd output chunk size, and the depth of each codec channel.
-const CODEC_CHUNK: usize = 256 * 1024;
-const CODEC_DEPTH: usize = 4;
+pub const CODEC_CHUNK: usize = 256 * 1024;
+pub const CODEC_DEPTH: usize = 4;
 /// Level used on the wire: fast, the link is the bottleneck rarely enough.
 pub const ZSTD_LEVEL: i32 = 1;
 
@@ -176,9 +186,121 @@ pub fn zstd_decode(input: ByteStream) -> ByteStream {
     codec_pipeline(input, Decoder::new, false)
 }
 
+/// Like [`zstd_decode`], but a frame that needs a window larger than `2^window_log_max` bytes
+/// is refused (400) before the decoder allocates it.
+pub fn zstd_decode_bounded(input: ByteStream, window_log_max: u32) -> ByteStream {
+    codec_pipeline(
+        input,
+        move || {
+            let mut decoder = Decoder::new()?;
+            decoder.set_parameter(DParameter::WindowLogMax(window_log_max))?;
+            Ok(decoder)
+        },
+        false,
+    )
+}
+
+/// Fails the stream with 413 (`Kind::PayloadTooLarge`) as soon as more than `max` bytes have
+/// passed; nothing beyond the limit is forwarded.
+pub fn limit_size(input: ByteStream, max: u64, what: &'static str) -> ByteStream {
+    let mut seen = 0u64;
+    let mut over = false;
+    Box::pin(input.map(move |item| {
+        if over {
+            return Err(too_large(max, what));
+        }
+        let chunk = item?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > max {
+            over = true;
+            return Err(too_large(max, what));
+        }
+        Ok(chunk)
+    }))
+}
+
+/// A request body that, when dropped before its end (the upload was refused or cut off), goes
+/// on reading and discarding it in a background task, up to `max_bytes` or `max_time`. The
+/// client, still sending, then gets to read the answer (413, 400) instead of a connection
+/// reset; past either bound the connection is closed as before. Nothing read is kept.
+pub struct DrainOnDrop {
+    inner: Option<ByteStream>,
+    finished: bool,
+    max_bytes: u64,
+    max_time: std::time::Duration,
+}
+
+impl DrainOnDrop {
+    pub fn new(inner: ByteStream, max_bytes: u64, max_time: std::time::Duration) -> Self {
+        Self {
+            inner: Some(inner),
+            finished: false,
+            max_bytes,
+            max_time,
+        }
+    }
+}
+
+impl Stream for DrainOnDrop {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(inner.poll_next_unpin(cx));
+        if !matches!(item, Some(Ok(_))) {
+            self.finished = true;
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        if self.finished {
+            return;
+        }
+        let (max_bytes, max_time) = (self.max_bytes, self.max_time);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let drain = async {
+                    let mut seen = 0u64;
+                    while let Some(Ok(chunk)) = inner.next().await {
+                        seen += chunk.len() as u64;
+                        if seen > max_bytes {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(max_time, drain).await;
+            });
+        }
+    }
+}
+
+/// The most zstd bytes a body of at most `max` uncompressed bytes needs (zstd's compress
+/// bound, generously rounded up; at least 64 KiB), so a compressed body cannot be made
+/// endless with skippable frames or empty blocks.
+pub fn zstd_bound(max: u64) -> u64 {
+    max.saturating_add(max / 128).saturating_add(64 * 1024)
+}
+
+/// The error of a body larger than the limit.
+pub fn too_large(max: u64, what: &str) -> Error {
+    Error::payload_too_large(format!("{what} is larger than the limit of {max} bytes"))
+}
+
 fn codec_error(e: impl std::fmt::Display, encode: bool) -> Error {
     if encode {
         Error::internal(format!("zstd compression failed: {e}"))
+    } else if e.to_string().contains("too much memory") {
+        Error::bad_request(format!(
+            "zstd frame needs a larger window than this site accepts ({e})"
+        ))
     } else {
         Error::bad_request(format!("invalid zstd body: {e}"))
     }
@@ -432,6 +554,89 @@ mod tests {
             total += c.len();
         }
         assert_eq!(total, zeros.len());
+    }
+
+    #[tokio::test]
+    async fn bounded_decoder_refuses_a_wider_window() {
+        let data = sample(300_000);
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.window_log(25).unwrap();
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        let wide = enc.finish().unwrap();
+        let err = collect(zstd_decode_bounded(
+            from_chunks(vec![Bytes::from(wide.clone())]),
+            23,
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, Kind::BadRequest, "{err}");
+        assert!(err.message.contains("window"), "{err}");
+        let back = collect(zstd_decode_bounded(
+            from_chunks(vec![Bytes::from(wide)]),
+            25,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn limit_size_cuts_off_past_the_limit() {
+        let data = sample(100_000);
+        let ok = collect(limit_size(from_chunks(chunks(&data, 30_000)), 100_000, "x"))
+            .await
+            .unwrap();
+        assert_eq!(ok, data);
+        let mut s = limit_size(from_chunks(chunks(&data, 30_000)), 99_999, "x");
+        let mut passed = 0;
+        let err = loop {
+            match s.next().await {
+                Some(Ok(c)) => passed += c.len(),
+                Some(Err(e)) => break e,
+                None => panic!("no error"),
+            }
+        };
+        assert_eq!(err.kind, Kind::PayloadTooLarge);
+        assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(passed <= 99_999);
+        // The limit applies after decompression: a small bomb is cut off as well.
+        let bomb = zstd::encode_all(&vec![0u8; 4 << 20][..], 3).unwrap();
+        let err = collect(limit_size(
+            zstd_decode_bounded(from_chunks(vec![Bytes::from(bomb)]), 23),
+            1 << 20,
+            "x",
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind, Kind::PayloadTooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_is_drained_up_to_its_bounds() {
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(1);
+        let mut body = DrainOnDrop::new(
+            Box::pin(ChannelStream::new(rx)),
+            10_000,
+            std::time::Duration::from_secs(5),
+        );
+        let sender = tokio::spawn(async move {
+            let mut sent = 0;
+            for _ in 0..20 {
+                if tx.send(Ok(Bytes::from(vec![0u8; 1000]))).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        assert!(body.next().await.is_some());
+        drop(body);
+        // Drained past the first chunk, stopped once past 10 000 bytes.
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), sender)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!((11..20).contains(&sent), "{sent}");
     }
 
     #[tokio::test]

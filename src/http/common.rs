@@ -130,6 +130,9 @@ impl IntoResponse for Error {
         }
         let mut headers = HeaderMap::new();
         headers.insert(ERROR, text_header(&self.message));
+        if let Some(secs) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         let body = serde_json::json!({ "status": status.as_u16(), "message": self.message });
         (status, headers, axum::Json(body)).into_response()
     }

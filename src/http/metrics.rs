@@ -50,6 +50,14 @@ fn describe() {
         "mirrorgate_hash_mismatches_total",
         "Stored or received bytes whose SHA-256 did not match"
     );
+    metrics::describe_gauge!(
+        "mirrorgate_topology_cache_entries",
+        "Answers held by the topology lookup cache"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_topology_lookups_limited_total",
+        "Topology lookups refused (429) because the client caused too many cache misses"
+    );
 }
 
 pub async fn render() -> String {

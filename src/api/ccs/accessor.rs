@@ -11,6 +11,7 @@ use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use crate::core::objects::{self, encode_for_client, Expected};
+use crate::core::stream;
 use crate::core::wire::{self, object_headers, wants_json, wants_zstd};
 use crate::engines::topology::{Caller, Target};
 use crate::error::{Error, Kind, Result};
@@ -214,7 +215,20 @@ async fn create_object(
 ) -> Result<Response> {
     check_bucket(&bucket)?;
     check_object(&name)?;
+    // A refused or cut-off upload's body is read on (and discarded) for a moment, so the
+    // client gets to read the answer.
+    let input: ByteStream = Box::pin(stream::DrainOnDrop::new(
+        Box::pin(
+            body.into_data_stream()
+                .map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
+        ),
+        DRAIN_MAX_BYTES,
+        DRAIN_MAX_TIME,
+    ));
     let upload = wire::parse_upload(&req_headers)?;
+    let limits = &state.config.limits;
+    let max = limits.max_object();
+    check_declared_size(&req_headers, &upload, max)?;
     require(&state, &client, &bucket, rights::WRITE).await?;
     let obj = Object {
         id: uuid::Uuid::new_v4().to_string(),
@@ -228,17 +242,20 @@ async fn create_object(
         size: upload.size.unwrap_or(0),
         metadata: upload.metadata,
     };
-    let mut stream: ByteStream = Box::pin(
-        body.into_data_stream()
-            .map_err(|e| Error::bad_request(format!("upload interrupted: {e}"))),
-    );
+    let mut input = input;
     if upload.zstd {
-        stream = crate::core::stream::zstd_decode(stream);
+        if let Some(max) = max {
+            input = stream::limit_size(input, stream::zstd_bound(max), "the compressed body");
+        }
+        input = stream::zstd_decode_bounded(input, limits.zstd_window_log_max());
+    }
+    if let Some(max) = max {
+        input = stream::limit_size(input, max, "the object");
     }
     let stored = objects::store(
         &state,
         obj,
-        stream,
+        input,
         Expected {
             size: upload.size,
             hash: upload.hash,
@@ -247,6 +264,39 @@ async fn create_object(
     )
     .await?;
     Ok((StatusCode::CREATED, object_headers(&stored), Json(stored)).into_response())
+}
+
+/// How much of a refused upload's body is still read (and discarded) so that the client, still
+/// sending, reads the answer rather than a connection reset.
+const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// 413 before anything is stored when the client declares more than the largest object:
+/// `x-clonecloudstore-size`, or `Content-Length` (of the compressed bytes for a zstd body).
+fn check_declared_size(
+    headers: &HeaderMap,
+    upload: &wire::UploadHeaders,
+    max: Option<u64>,
+) -> Result<()> {
+    let Some(max) = max else {
+        return Ok(());
+    };
+    if upload.size.is_some_and(|size| size > max) {
+        return Err(stream::too_large(max, "the declared object size"));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let bound = if upload.zstd {
+        stream::zstd_bound(max)
+    } else {
+        max
+    };
+    if length.is_some_and(|length| length > bound) {
+        return Err(stream::too_large(bound, "the declared body length"));
+    }
+    Ok(())
 }
 
 /// A READY object the client may read, or 404.

@@ -3,16 +3,27 @@
 //! or erroring never aborts the search: each has its own timeout, and a peer that keeps failing
 //! is skipped for a while, then tried again. Positive answers are cached; negative ones only
 //! briefly, and only when every asked peer answered cleanly.
+//!
+//! Bounded under hostile clients: the cache holds at most `[topology] cache_max_entries`
+//! answers (when full, expired entries go first, then the ones closest to expiry; a sweep
+//! drops expired ones every few seconds), and each client may cause only
+//! `miss_rate_per_second` (burst `miss_burst`) lookups that ask the peers. Beyond that the
+//! lookup fails with 429 and `Retry-After` before any peer is asked, so unknown names cannot
+//! make the site flood its peers with HEADs.
 
 mod peer;
 
 pub use peer::{Credentials, PeerClient, SCOPE_ADMIN, SCOPE_PEER};
 
-use std::sync::{Arc, RwLock};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::stream::{FuturesUnordered, StreamExt};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::TopologyConfig;
 use crate::core::wire::{CLIENT_ID, OP_ID, TYPE};
@@ -74,12 +85,38 @@ pub struct TopologyService {
     /// This site's peer credential (see `peer`).
     credentials: Credentials,
     cache: DashMap<Target, CacheEntry>,
+    /// Held while inserting into the cache, so its size never exceeds the bound.
+    inserting: Mutex<()>,
+    /// Per-client limit of lookups that ask the peers (None: off).
+    misses: Option<DefaultKeyedRateLimiter<String>>,
+    miss_checks: AtomicU64,
     health: DashMap<String, PeerHealth>,
     peers: RwLock<Option<(Instant, Arc<Vec<Topology>>)>>,
 }
 
 /// How long the list of peers is reused before it is read again from the metadata store.
 const PEERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// How often [`sweep`] drops expired cache entries and idle rate-limit keys.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Idle rate-limit keys are also dropped every this many checks, so a client rotating its id
+/// cannot grow the key map between sweeps.
+const MISS_KEYS_SWEEP_EVERY: u64 = 4096;
+
+/// Runs for the life of the service: drops expired cache entries and idle rate-limit keys
+/// every [`SWEEP_INTERVAL`]. Ends when the service is dropped.
+pub async fn sweep(service: std::sync::Weak<TopologyService>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        service.sweep_expired();
+    }
+}
 
 impl TopologyService {
     pub fn new(
@@ -90,14 +127,65 @@ impl TopologyService {
     ) -> Self {
         Self {
             self_id,
+            misses: NonZeroU32::new(config.miss_rate_per_second).map(|rate| {
+                let burst = NonZeroU32::new(config.miss_burst).unwrap_or(rate);
+                RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst))
+            }),
             config,
             meta,
             client,
             credentials: Credentials::none(),
             cache: DashMap::new(),
+            inserting: Mutex::new(()),
+            miss_checks: AtomicU64::new(0),
             health: DashMap::new(),
             peers: RwLock::new(None),
         }
+    }
+
+    /// How many answers the cache holds.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn report_cache_size(&self) {
+        metrics::gauge!("mirrorgate_topology_cache_entries").set(self.cache.len() as f64);
+    }
+
+    /// Drops expired cache entries and idle rate-limit keys.
+    pub fn sweep_expired(&self) {
+        let now = Instant::now();
+        self.cache.retain(|_, e| e.until > now);
+        if let Some(limiter) = &self.misses {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        self.report_cache_size();
+    }
+
+    /// Takes one miss from the client's budget, or says how long until one is available.
+    fn check_miss_budget(&self, client_id: &str) -> Result<()> {
+        let Some(limiter) = &self.misses else {
+            return Ok(());
+        };
+        let checks = self.miss_checks.fetch_add(1, Ordering::Relaxed);
+        if checks % MISS_KEYS_SWEEP_EVERY == MISS_KEYS_SWEEP_EVERY - 1 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&client_id.to_owned())
+            .map_err(|not_until| {
+                metrics::counter!("mirrorgate_topology_lookups_limited_total").increment(1);
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).clamp(1, 3600);
+                Error::too_many_requests(
+                    format!(
+                        "too many lookups of names this site does not know from client \
+                         {client_id:?}: retry after {secs} s"
+                    ),
+                    secs,
+                )
+            })
     }
 
     pub fn peer_timeout(&self) -> Duration {
@@ -110,6 +198,7 @@ impl TopologyService {
     pub fn peers_changed(&self) {
         *self.peers.write().expect("peers lock") = None;
         self.cache.clear();
+        self.report_cache_size();
     }
 
     /// Drop what the cache knows about a bucket or object (a write or an order touched it).
@@ -121,6 +210,7 @@ impl TopologyService {
         if object.is_none() {
             self.cache.retain(|k, _| k.bucket != bucket);
         }
+        self.report_cache_size();
     }
 
     /// The UP peers, this site excluded: the ones asked in lookups.
@@ -192,6 +282,10 @@ impl TopologyService {
                 skipped += 1;
                 continue;
             }
+            if asked.is_empty() {
+                // Only lookups that send HEADs to peers count against the client's budget.
+                self.check_miss_budget(caller.client_id)?;
+            }
             asked.push(self.ask(peer, target, caller));
         }
         let mut clean = skipped == 0;
@@ -233,11 +327,44 @@ impl TopologyService {
     }
 
     fn remember(&self, target: &Target, value: Cached, ttl_ms: u64) {
-        if ttl_ms > 0 {
-            let until = Instant::now() + Duration::from_millis(ttl_ms);
+        let max = self.config.cache_max_entries;
+        if ttl_ms == 0 || max == 0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(ttl_ms);
+        {
+            let _inserting = self.inserting.lock().unwrap_or_else(|e| e.into_inner());
+            if self.cache.len() >= max && !self.cache.contains_key(target) {
+                self.make_room(max);
+            }
             self.cache
                 .insert(target.clone(), CacheEntry { value, until });
         }
+        self.report_cache_size();
+    }
+
+    /// Frees at least one slot in a full cache: expired entries first; if none, about a
+    /// sixteenth of the entries, those closest to expiry (so the cost is paid once per batch,
+    /// not on every insert).
+    fn make_room(&self, max: usize) {
+        let now = Instant::now();
+        self.cache.retain(|_, e| e.until > now);
+        if self.cache.len() < max {
+            return;
+        }
+        let mut by_expiry: Vec<(Instant, Target)> = self
+            .cache
+            .iter()
+            .map(|e| (e.value().until, e.key().clone()))
+            .collect();
+        let batch = (max / 16).max(1).min(by_expiry.len());
+        if batch < by_expiry.len() {
+            by_expiry.select_nth_unstable_by_key(batch, |(until, _)| *until);
+        }
+        for (_, key) in by_expiry.into_iter().take(batch) {
+            self.cache.remove(&key);
+        }
+        metrics::counter!("mirrorgate_topology_cache_evictions_total").increment(batch as u64);
     }
 
     fn is_skipped(&self, peer: &str) -> bool {
