@@ -4,6 +4,8 @@
 //! is skipped for a while, then tried again. Positive answers are cached; negative ones only
 //! briefly, and only when every asked peer answered cleanly.
 
+pub mod probe;
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
