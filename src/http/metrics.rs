@@ -50,6 +50,18 @@ fn describe() {
         "mirrorgate_hash_mismatches_total",
         "Stored or received bytes whose SHA-256 did not match"
     );
+    metrics::describe_counter!(
+        "mirrorgate_meta_cache_hits_total",
+        "Metadata cache lookups answered from memory"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_meta_cache_misses_total",
+        "Metadata cache lookups that went to the metadata store"
+    );
+    metrics::describe_gauge!(
+        "mirrorgate_meta_cache_entries",
+        "Entries in the metadata cache"
+    );
 }
 
 pub async fn render() -> String {
