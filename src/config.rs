@@ -171,12 +171,40 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
     /// `sqlite://PATH`; empty means `sqlite://<data_dir>/meta.db`.
     #[serde(default)]
     pub url: String,
+    /// Most entries (bucket, grant, object and replication-status rows, negative answers
+    /// included) the in-process metadata cache holds; when full, about a quarter are dropped.
+    /// 0 disables the cache.
+    #[serde(default = "default_cache_max_entries")]
+    pub cache_max_entries: usize,
+    /// How long a cached row is trusted, in milliseconds. Writes made by this process
+    /// invalidate the cache at once; this only bounds how long a write made by another
+    /// process (`mirrorgate import` while the site serves) can go unseen. 0: no expiry.
+    #[serde(default = "default_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cache_max_entries: default_cache_max_entries(),
+            cache_ttl_ms: default_cache_ttl_ms(),
+        }
+    }
+}
+
+fn default_cache_max_entries() -> usize {
+    100_000
+}
+
+fn default_cache_ttl_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +478,14 @@ pub struct TopologyConfig {
     /// (0: one second's worth).
     #[serde(default = "default_miss_burst")]
     pub miss_burst: u32,
+    /// Period of the liveness probe (`GET /healthz` on each UP peer); a peer failing it has
+    /// its cached locations dropped. 0 disables the probe.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+}
+
+fn default_probe_interval() -> u64 {
+    1000
 }
 
 impl Default for TopologyConfig {
@@ -463,6 +499,7 @@ impl Default for TopologyConfig {
             cache_max_entries: default_cache_max_entries(),
             miss_rate_per_second: default_miss_rate(),
             miss_burst: default_miss_burst(),
+            probe_interval_ms: default_probe_interval(),
         }
     }
 }
@@ -627,9 +664,6 @@ fn default_max_object_bytes() -> u64 {
 }
 fn default_zstd_window_max() -> u64 {
     8 << 20 // 8 MiB: window log 23
-}
-fn default_cache_max_entries() -> usize {
-    100_000
 }
 fn default_miss_rate() -> u32 {
     100

@@ -28,6 +28,8 @@ pub enum Kind {
     /// The target is not in the state the request names (a version to delete): 412.
     PreconditionFailed,
     PayloadTooLarge,
+    /// A `Range` no byte of the object satisfies: 416.
+    RangeNotSatisfiable,
     Locked,
     TooManyRequests,
     Internal,
@@ -115,6 +117,7 @@ impl Error {
             Kind::Gone => StatusCode::GONE,
             Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Kind::Locked => StatusCode::LOCKED,
             Kind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -45,7 +45,7 @@ impl AppState {
     /// from the config. Background work starts with [`AppState::start`].
     pub async fn open(config: Config, public_url: String) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.site.data_dir)?;
-        let meta = MetaStore::open(&config.metadata_url()).await?;
+        let meta = MetaStore::open_config(&config.metadata_url(), &config.metadata).await?;
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let stall = Duration::from_secs(config.replication.peer_stall_timeout_secs.max(1));
@@ -133,6 +133,7 @@ impl AppState {
         )));
         crate::engines::catalogue::start(&self.catalogue);
         crate::engines::replication::start(&self.replication);
+        crate::engines::topology::probe::start(self.topology.clone());
         self.tasks.recover().await?;
         tokio::spawn(crate::engines::definitions::scheduler::run(
             self.jobs.clone(),

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::Site;
-use crate::core::stream::{self, Verify};
-use crate::error::{Error, Result};
+use crate::core::stream::{self, OnMismatch, Verify};
+use crate::error::{Error, Kind, Origin, Result};
 use crate::meta::{Object, Status};
 use crate::model::hash;
 use crate::model::order::Action;
@@ -301,30 +301,130 @@ async fn receive(
     })
 }
 
-/// Opens a stored READY object for reading; the stream fails instead of completing when the
-/// stored bytes no longer match the recorded size and hash.
-pub async fn open_verified(site: &Site, obj: &Object, op_id: &str) -> Result<ByteStream> {
-    let raw = site.storage.read(&obj.bucket, &obj.name).await?;
-    let hash = obj
-        .hash
-        .clone()
-        .ok_or_else(|| Error::internal("READY object without a hash"))?;
+/// Objects of at most this many bytes are read whole, in one step, and verified before any
+/// byte is sent (see [`read_verified`]).
+pub const SMALL_OBJECT: u64 = 256 * 1024;
+
+/// A READY object's bytes, ready to send.
+pub enum Payload {
+    /// A small object, read whole and already verified.
+    Whole(Bytes),
+    /// A larger one, verified while it streams (it fails instead of completing on a mismatch).
+    Stream(ByteStream),
+}
+
+impl Payload {
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            Payload::Whole(bytes) => Box::pin(futures::stream::once(async move { Ok(bytes) })),
+            Payload::Stream(s) => s,
+        }
+    }
+}
+
+/// What a failed verification of this site's copy does: count it, log it, and declare the
+/// copy corrupt (which queues its repair from another site).
+fn storage_mismatch(site: &Site, obj: &Object, hash: &str, op_id: &str) -> OnMismatch {
     let (op_id, bucket, name) = (op_id.to_owned(), obj.bucket.clone(), obj.name.clone());
-    let expected_hash = hash.clone();
+    let expected_hash = hash.to_owned();
     let site = site.clone();
-    let on_mismatch = Box::new(move |what: &str| {
+    Box::new(move |what: &str| {
         metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "storage").increment(1);
         tracing::error!(op_id = %op_id, bucket = %bucket, object = %name, "integrity failure, transfer aborted: {what}");
         // The copy here is bad: declare it, which queues its repair from another site.
         site.hooks()
             .copy_corrupt(&bucket, &name, &expected_hash, what);
-    });
+    })
+}
+
+fn recorded_hash(obj: &Object) -> Result<String> {
+    obj.hash
+        .clone()
+        .ok_or_else(|| Error::internal("READY object without a hash"))
+}
+
+/// Opens a stored READY object for reading; the stream fails instead of completing when the
+/// stored bytes no longer match the recorded size and hash.
+pub async fn open_verified(site: &Site, obj: &Object, op_id: &str) -> Result<ByteStream> {
+    let raw = site.storage.read(&obj.bucket, &obj.name).await?;
+    let hash = recorded_hash(obj)?;
+    let on_mismatch = storage_mismatch(site, obj, &hash, op_id);
     Ok(Box::pin(Metered::new(Box::pin(Verify::new(
         raw,
         &hash,
         obj.size,
         on_mismatch,
     )))))
+}
+
+/// Reads a stored READY object for a complete answer. One of at most [`SMALL_OBJECT`] bytes is
+/// read and hashed in one step (one blocking call on fs storage) and checked before anything
+/// is sent: a mismatch is an error, handled as [`open_verified`] handles one (counted,
+/// logged, the copy declared corrupt). A larger object streams through [`open_verified`].
+pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Payload> {
+    if obj.size > SMALL_OBJECT {
+        return Ok(Payload::Stream(open_verified(site, obj, op_id).await?));
+    }
+    let started = Instant::now();
+    let hash = recorded_hash(obj)?;
+    let whole = site
+        .storage
+        .read_whole(&obj.bucket, &obj.name, obj.size)
+        .await?;
+    let read = whole.bytes.len() as u64;
+    let problem = if read != obj.size {
+        Some(if read > obj.size {
+            format!("size mismatch: more than the expected {} bytes", obj.size)
+        } else {
+            format!("size mismatch: {read} bytes, expected {}", obj.size)
+        })
+    } else {
+        let actual = hash::encode(&whole.sha256);
+        (actual != hash).then(|| format!("hash mismatch: bytes hash {actual}, expected {hash}"))
+    };
+    if let Some(what) = problem {
+        storage_mismatch(site, obj, &hash, op_id)(&what);
+        return Err(Error::new(Kind::Internal, Origin::Storage, what));
+    }
+    metrics::counter!("mirrorgate_bytes_out_total").increment(read);
+    metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out")
+        .record(started.elapsed().as_secs_f64());
+    Ok(Payload::Whole(whole.bytes))
+}
+
+/// Streams `len` bytes of a stored READY object from offset `start` (a range the caller
+/// checked against the object's size). NOT verified: the recorded hash covers the whole
+/// object, and verifying ranges by blocks is later work. The stream fails if storage delivers
+/// fewer bytes than asked.
+pub async fn open_range(site: &Site, obj: &Object, start: u64, len: u64) -> Result<ByteStream> {
+    let raw = site
+        .storage
+        .read_range(&obj.bucket, &obj.name, start, len)
+        .await?;
+    let what = format!("{}/{}", obj.bucket, obj.name);
+    let checked = futures::stream::unfold((raw, len, false), move |(mut raw, left, done)| {
+        let what = what.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match raw.next().await {
+                Some(Ok(chunk)) => {
+                    let left = left.saturating_sub(chunk.len() as u64);
+                    Some((Ok(chunk), (raw, left, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (raw, 0, true))),
+                None if left > 0 => Some((
+                    Err(Error::storage(format!(
+                        "range of {what}: storage ended {left} bytes short"
+                    ))),
+                    (raw, 0, true),
+                )),
+                None => None,
+            }
+        }
+    });
+    Ok(Box::pin(Metered::new(Box::pin(checked))))
 }
 
 /// Optionally compresses an outgoing stream.

@@ -225,6 +225,105 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("application/json") && !v.contains("application/octet-stream"))
 }
 
+/// What a `Range` header asks of an object of `size` bytes (RFC 9110, `bytes` unit only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// No usable range (none, another unit, bad syntax, several ranges, or `If-Range`): the
+    /// whole object, 200.
+    Whole,
+    /// Bytes `start .. start + len`: 206 with `Content-Range`.
+    Part { start: u64, len: u64 },
+    /// 416 with `Content-Range: bytes */size`.
+    Unsatisfiable,
+}
+
+impl ByteRange {
+    /// The `Content-Range` value of a 206 (`Part`) or a 416 (`Unsatisfiable`).
+    pub fn content_range(&self, size: u64) -> Option<String> {
+        match self {
+            ByteRange::Whole => None,
+            ByteRange::Part { start, len } => {
+                Some(format!("bytes {start}-{}/{size}", start + len - 1))
+            }
+            ByteRange::Unsatisfiable => Some(format!("bytes */{size}")),
+        }
+    }
+}
+
+/// Reads the request's `Range` header against an object of `size` bytes. A multi-range
+/// request is served whole (200): RFC 9110 lets a server ignore `Range`, and no client of
+/// this API needs multipart/byteranges. `If-Range` is not evaluated: such a request is
+/// served whole too, which is always correct.
+pub fn byte_range(headers: &HeaderMap, size: u64) -> ByteRange {
+    let Some(value) = headers.get(http::header::RANGE) else {
+        return ByteRange::Whole;
+    };
+    if headers.contains_key(http::header::IF_RANGE)
+        || headers.get_all(http::header::RANGE).iter().count() > 1
+    {
+        return ByteRange::Whole;
+    }
+    let Some(spec) = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .and_then(|v| v.strip_prefix("bytes="))
+    else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.is_empty(), last.is_empty()) {
+        // bytes=-n: the last n bytes.
+        (true, false) => match number(last) {
+            Some(0) => ByteRange::Unsatisfiable,
+            Some(_) if size == 0 => ByteRange::Unsatisfiable,
+            Some(n) => {
+                let len = n.min(size);
+                ByteRange::Part {
+                    start: size - len,
+                    len,
+                }
+            }
+            None => ByteRange::Whole,
+        },
+        // bytes=a-: from a to the end.
+        (false, true) => match number(first) {
+            Some(a) if a >= size => ByteRange::Unsatisfiable,
+            Some(a) => ByteRange::Part {
+                start: a,
+                len: size - a,
+            },
+            None => ByteRange::Whole,
+        },
+        // bytes=a-b: a to b inclusive, b cut to the end.
+        (false, false) => match (number(first), number(last)) {
+            (Some(a), Some(b)) if a <= b => {
+                if a >= size {
+                    ByteRange::Unsatisfiable
+                } else {
+                    ByteRange::Part {
+                        start: a,
+                        len: b.min(size - 1) - a + 1,
+                    }
+                }
+            }
+            _ => ByteRange::Whole,
+        },
+        (true, true) => ByteRange::Whole,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +361,41 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(EXPIRES, HeaderValue::from_static("tomorrow"));
         assert!(parse_upload(&h).is_err());
+    }
+
+    fn range(v: &str, size: u64) -> ByteRange {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RANGE, HeaderValue::from_str(v).unwrap());
+        byte_range(&h, size)
+    }
+
+    #[test]
+    fn byte_ranges() {
+        let part = |start, len| ByteRange::Part { start, len };
+        assert_eq!(byte_range(&HeaderMap::new(), 10), ByteRange::Whole);
+        assert_eq!(range("bytes=0-3", 10), part(0, 4));
+        assert_eq!(range("bytes=2-100", 10), part(2, 8));
+        assert_eq!(range("bytes=9-9", 10), part(9, 1));
+        assert_eq!(range("bytes=4-", 10), part(4, 6));
+        assert_eq!(range("bytes=-3", 10), part(7, 3));
+        assert_eq!(range("bytes=-30", 10), part(0, 10));
+        assert_eq!(range("bytes=10-", 10), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=10-20", 10), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=-0", 10), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=0-0", 0), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=-1", 0), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=5-2", 10), ByteRange::Whole);
+        assert_eq!(range("bytes=0-1,4-5", 10), ByteRange::Whole);
+        assert_eq!(range("items=0-1", 10), ByteRange::Whole);
+        assert_eq!(range("bytes=x-1", 10), ByteRange::Whole);
+        assert_eq!(range("bytes=-", 10), ByteRange::Whole);
+        assert_eq!(
+            part(2, 3).content_range(10).as_deref(),
+            Some("bytes 2-4/10")
+        );
+        assert_eq!(
+            ByteRange::Unsatisfiable.content_range(10).as_deref(),
+            Some("bytes */10")
+        );
     }
 }

@@ -58,6 +58,18 @@ fn describe() {
         "mirrorgate_topology_lookups_limited_total",
         "Topology lookups refused (429) because the client caused too many cache misses"
     );
+    metrics::describe_counter!(
+        "mirrorgate_meta_cache_hits_total",
+        "Metadata cache lookups answered from memory"
+    );
+    metrics::describe_counter!(
+        "mirrorgate_meta_cache_misses_total",
+        "Metadata cache lookups that went to the metadata store"
+    );
+    metrics::describe_gauge!(
+        "mirrorgate_meta_cache_entries",
+        "Entries in the metadata cache"
+    );
 }
 
 pub async fn render() -> String {

@@ -10,6 +10,7 @@ impl MetaStore {
     /// (the bytes are in storage again). The object's replication orders are queued in the same
     /// transaction, so imported objects replicate like any others.
     pub async fn register_ready_object(&self, obj: &Object, orders: &[Order]) -> Result<bool> {
+        let changing = self.changing_object(&obj.bucket, &obj.name, orders);
         let mut tx = self.write_tx().await?;
         let metadata =
             serde_json::to_string(&obj.metadata).map_err(|e| Error::internal(e.to_string()))?;
@@ -37,6 +38,7 @@ impl MetaStore {
             super::replication::insert_orders(&mut tx, orders).await?;
         }
         tx.commit().await?;
+        changing.done();
         Ok(registered)
     }
 }

@@ -1,6 +1,7 @@
 //! Metadata store. Handlers only call these methods; the SQL stays here, written in the common
 //! subset of SQLite and PostgreSQL so a PostgreSQL pool can be added behind the same methods.
 
+pub mod cache;
 pub mod dr;
 mod import;
 pub mod replicas;
@@ -9,6 +10,7 @@ pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,10 +22,25 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use crate::error::{Error, Result};
 pub use crate::model::object::{Bucket, Object, Status, Topology, TopologyStatus};
 use crate::model::order::Order;
+use cache::{CacheOptions, CachedObject, Change, Changing, MetaCache};
 
+/// The metadata store. Bucket, grant and object rows (and an object's replication status)
+/// are served from an in-process [`MetaCache`]; every method that writes them reports what it
+/// changed to the cache (see `cache` for why a cached answer is never older than the last
+/// write made through this store).
 #[derive(Clone)]
 pub struct MetaStore {
     pool: SqlitePool,
+    cache: Arc<MetaCache>,
+}
+
+/// What a read of an object needs at once: the bucket, the client's rights on it and the
+/// object (each `None`/0 when absent), read in one query on a cache miss.
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    pub bucket: Option<Bucket>,
+    pub rights: i64,
+    pub object: Option<Object>,
 }
 
 /// Listing filter of `PUT /cloudclonestore/{bucket}` (the CCS filter headers).
@@ -44,8 +61,24 @@ const OBJECT_COLUMNS: &str =
     "bucket, name, id, site, hash, status, creation, expires, size, metadata";
 
 impl MetaStore {
-    /// Opens (creating if needed) the store and applies migrations.
+    /// Opens (creating if needed) the store and applies migrations, with the default cache.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, CacheOptions::default()).await
+    }
+
+    /// Opens the store with the `[metadata]` settings (URL aside): the cache's size and TTL.
+    pub async fn open_config(
+        url: &str,
+        config: &crate::config::MetadataConfig,
+    ) -> anyhow::Result<Self> {
+        let options = CacheOptions {
+            max_entries: config.cache_max_entries,
+            ttl: (config.cache_ttl_ms > 0).then(|| Duration::from_millis(config.cache_ttl_ms)),
+        };
+        Self::open_with(url, options).await
+    }
+
+    pub async fn open_with(url: &str, cache: CacheOptions) -> anyhow::Result<Self> {
         let path = url.strip_prefix("sqlite://").ok_or_else(|| {
             anyhow::anyhow!("metadata.url {url:?}: only sqlite:// is supported in this build")
         })?;
@@ -69,11 +102,121 @@ impl MetaStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            cache: Arc::new(MetaCache::new(cache)),
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The cache of bucket, grant and object rows. Its `invalidate` is the one way to tell it
+    /// about a change made elsewhere (a database notification, later).
+    pub fn cache(&self) -> &MetaCache {
+        &self.cache
+    }
+
+    /// Starts a write that changes `changes`: the cache hears of them when the returned guard
+    /// is dropped (call `done()` on it once the transaction is over).
+    pub(crate) fn changing(&self, changes: Vec<Change>) -> Changing {
+        Changing::new(self.cache.clone(), changes)
+    }
+
+    /// [`MetaStore::changing`] for an object and the orders queued with its change.
+    pub(crate) fn changing_object(&self, bucket: &str, name: &str, orders: &[Order]) -> Changing {
+        let mut changes = vec![Change::object(bucket, name)];
+        changes.extend(order_changes(orders));
+        self.changing(changes)
+    }
+
+    /// A bucket, the client's rights on it and an object in it: from the cache when it knows
+    /// all three, else in one query (which fills the cache).
+    pub async fn read_view(&self, client_id: &str, bucket: &str, name: &str) -> Result<ReadView> {
+        if let Some(b) = self.cache.bucket(bucket) {
+            if let Some(rights) = self.cache.rights(client_id, bucket) {
+                if let Some(o) = self.cache.object(bucket, name) {
+                    return Ok(ReadView {
+                        bucket: b,
+                        rights,
+                        object: o.map(|o| o.object.clone()),
+                    });
+                }
+            }
+        }
+        let ticket = self.cache.ticket(bucket);
+        let row = sqlx::query(
+            "SELECT b.name AS b_name, b.id AS b_id, b.client_id AS b_client_id, b.site AS b_site,
+             b.creation AS b_creation, b.expires AS b_expires, b.status AS b_status,
+             (SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2) AS rights,
+             o.bucket AS bucket, o.name AS name, o.id AS id, o.site AS site, o.hash AS hash,
+             o.status AS status, o.creation AS creation, o.expires AS expires, o.size AS size,
+             o.metadata AS metadata, o.replica_of AS replica_of
+             FROM (SELECT $2 AS k) q
+             LEFT JOIN buckets b ON b.name = q.k
+             LEFT JOIN objects o ON o.bucket = q.k AND o.name = $3",
+        )
+        .bind(client_id)
+        .bind(bucket)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        let found_bucket = row.get::<Option<String>, _>("b_name").map(|b_name| Bucket {
+            name: b_name,
+            id: row.get("b_id"),
+            client_id: row.get("b_client_id"),
+            site: row.get("b_site"),
+            creation: crate::model::object::from_millis(row.get("b_creation")),
+            expires: row
+                .get::<Option<i64>, _>("b_expires")
+                .map(crate::model::object::from_millis),
+            status: Status::parse(row.get("b_status")).unwrap_or(Status::Unknown),
+        });
+        let rights = row.get::<Option<i64>, _>("rights").unwrap_or(0);
+        let object = match row.get::<Option<String>, _>("id") {
+            Some(_) => Some(CachedObject {
+                object: object_from_row(&row)?,
+                replica_of: row.get("replica_of"),
+            }),
+            None => None,
+        };
+        self.cache.put_bucket(ticket, bucket, found_bucket.clone());
+        self.cache.put_rights(ticket, client_id, bucket, rights);
+        self.cache.put_object(ticket, bucket, name, object.clone());
+        Ok(ReadView {
+            bucket: found_bucket,
+            rights,
+            object: object.map(|o| o.object),
+        })
+    }
+
+    /// An object row and the site it was replicated from, through the cache.
+    pub(crate) async fn cached_object(
+        &self,
+        bucket: &str,
+        name: &str,
+    ) -> Result<Option<Arc<CachedObject>>> {
+        if let Some(hit) = self.cache.object(bucket, name) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket(bucket);
+        let row = sqlx::query(&format!(
+            "SELECT {OBJECT_COLUMNS}, replica_of FROM objects WHERE bucket = $1 AND name = $2"
+        ))
+        .bind(bucket)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let found = match row {
+            Some(r) => Some(CachedObject {
+                object: object_from_row(&r)?,
+                replica_of: r.get("replica_of"),
+            }),
+            None => None,
+        };
+        self.cache.put_object(ticket, bucket, name, found.clone());
+        Ok(found.map(Arc::new))
     }
 
     /// A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE): a
@@ -87,6 +230,9 @@ impl MetaStore {
 
     /// Creates a bucket owned by its creator. A DELETED bucket of that name may be re-created.
     pub async fn create_bucket(&self, bucket: &Bucket, orders: &[Order]) -> Result<()> {
+        let mut changes = vec![Change::bucket(&bucket.name)];
+        changes.extend(order_changes(orders));
+        let changing = self.changing(changes);
         let mut tx = self.write_tx().await?;
         let existing: Option<String> =
             sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
@@ -125,15 +271,22 @@ impl MetaStore {
             .await?;
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
     pub async fn get_bucket(&self, name: &str) -> Result<Option<Bucket>> {
+        if let Some(hit) = self.cache.bucket(name) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket(name);
         let row = sqlx::query("SELECT name, id, client_id, site, creation, expires, status FROM buckets WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| bucket_from_row(&r)))
+        let found = row.map(|r| bucket_from_row(&r));
+        self.cache.put_bucket(ticket, name, found.clone());
+        Ok(found)
     }
 
     /// Buckets the client may read, live ones only.
@@ -150,11 +303,13 @@ impl MetaStore {
     }
 
     pub async fn set_bucket_status(&self, name: &str, status: Status) -> Result<()> {
+        let changing = self.changing(vec![Change::bucket(name)]);
         sqlx::query("UPDATE buckets SET status = $1 WHERE name = $2")
             .bind(status.as_str())
             .bind(name)
             .execute(&self.pool)
             .await?;
+        changing.done();
         Ok(())
     }
 
@@ -173,6 +328,9 @@ impl MetaStore {
     /// Refuses while the bucket holds live objects or uploads in flight (checked in the same
     /// transaction, so an upload cannot slip in between), and when it is not READY.
     pub async fn delete_bucket(&self, bucket: &str, orders: &[Order]) -> Result<()> {
+        let mut changes = vec![Change::bucket(bucket)];
+        changes.extend(order_changes(orders));
+        let changing = self.changing(changes);
         let mut tx = self.write_tx().await?;
         let live: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM (SELECT 1 FROM objects WHERE bucket = $1 AND status NOT IN ('DELETED','ERR_UPL') LIMIT 1) t",
@@ -209,6 +367,7 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -216,6 +375,10 @@ impl MetaStore {
 
     /// The client's rights on a bucket (0 when none).
     pub async fn rights(&self, client_id: &str, bucket: &str) -> Result<i64> {
+        if let Some(hit) = self.cache.rights(client_id, bucket) {
+            return Ok(hit);
+        }
+        let ticket = self.cache.ticket(bucket);
         let r: Option<i64> = sqlx::query_scalar(
             "SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2",
         )
@@ -223,7 +386,9 @@ impl MetaStore {
         .bind(bucket)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(r.unwrap_or(0))
+        let rights = r.unwrap_or(0);
+        self.cache.put_rights(ticket, client_id, bucket, rights);
+        Ok(rights)
     }
 
     /// Sets (replaces) a grant. `add` ORs the rights into an existing grant instead.
@@ -241,32 +406,46 @@ impl MetaStore {
             "INSERT INTO ownerships (client_id, bucket, rights) VALUES ($1,$2,$3)
              ON CONFLICT (client_id, bucket) DO UPDATE SET rights = excluded.rights"
         };
+        let changing = self.changing(vec![Change::Rights {
+            client: client_id.to_owned(),
+            bucket: bucket.to_owned(),
+        }]);
         sqlx::query(sql)
             .bind(client_id)
             .bind(bucket)
             .bind(rights)
             .execute(&self.pool)
             .await?;
+        changing.done();
         self.rights(client_id, bucket).await
     }
 
     pub async fn revoke(&self, client_id: &str, bucket: &str) -> Result<bool> {
+        let changing = self.changing(vec![Change::Rights {
+            client: client_id.to_owned(),
+            bucket: bucket.to_owned(),
+        }]);
         let done = sqlx::query("DELETE FROM ownerships WHERE client_id = $1 AND bucket = $2")
             .bind(client_id)
             .bind(bucket)
             .execute(&self.pool)
             .await?;
+        changing.done();
         Ok(done.rows_affected() > 0)
     }
 
     /// Revokes every grant on a bucket except its owner's.
     pub async fn revoke_all(&self, bucket: &str) -> Result<u64> {
+        let changing = self.changing(vec![Change::BucketRights {
+            bucket: bucket.to_owned(),
+        }]);
         let done = sqlx::query(
             "DELETE FROM ownerships WHERE bucket = $1 AND client_id <> (SELECT client_id FROM buckets WHERE name = $1)",
         )
         .bind(bucket)
         .execute(&self.pool)
         .await?;
+        changing.done();
         Ok(done.rows_affected())
     }
 
@@ -284,19 +463,16 @@ impl MetaStore {
     // ---- objects -------------------------------------------------------------------------
 
     pub async fn get_object(&self, bucket: &str, name: &str) -> Result<Option<Object>> {
-        let row = sqlx::query(&format!(
-            "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = $1 AND name = $2"
-        ))
-        .bind(bucket)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| object_from_row(&r)).transpose()
+        Ok(self
+            .cached_object(bucket, name)
+            .await?
+            .map(|o| o.object.clone()))
     }
 
     /// Registers an upload (status UPLOAD). A READY object is a conflict (409), an upload in
     /// progress is 406 as CCS; a DELETED or failed row is replaced.
     pub async fn begin_upload(&self, obj: &Object) -> Result<()> {
+        let changing = self.changing_object(&obj.bucket, &obj.name, &[]);
         let mut tx = self.write_tx().await?;
         // The bucket check and the registration are one step: a bucket DELETE either sees
         // this upload (and refuses) or happened before (and the upload is refused here).
@@ -331,6 +507,7 @@ impl MetaStore {
         }
         upsert_object(&mut tx, obj).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -345,6 +522,7 @@ impl MetaStore {
         replica_of: Option<&str>,
         orders: &[Order],
     ) -> Result<()> {
+        let changing = self.changing_object(&obj.bucket, &obj.name, orders);
         let mut tx = self.write_tx().await?;
         let changed = sqlx::query(
             "UPDATE objects SET status = 'READY', size = $1, hash = $2, replica_of = $3
@@ -367,6 +545,7 @@ impl MetaStore {
         }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -379,6 +558,7 @@ impl MetaStore {
         name: &str,
         version: Option<&str>,
     ) -> Result<Object> {
+        let changing = self.changing_object(bucket, name, &[]);
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(&format!(
             "SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = $1 AND name = $2"
@@ -425,6 +605,7 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        changing.done();
         Ok(obj)
     }
 
@@ -441,6 +622,7 @@ impl MetaStore {
     /// Changes an object's status only if the row is still `obj` (same id) in status `from`.
     /// Answers whether it changed.
     pub async fn swap_object_status(&self, obj: &Object, from: Status, to: Status) -> Result<bool> {
+        let changing = self.changing_object(&obj.bucket, &obj.name, &[]);
         let changed = sqlx::query(
             "UPDATE objects SET status = $1 WHERE bucket = $2 AND name = $3 AND id = $4 AND status = $5",
         )
@@ -452,6 +634,7 @@ impl MetaStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        changing.done();
         Ok(changed > 0)
     }
 
@@ -463,6 +646,7 @@ impl MetaStore {
         new: &Object,
         replica_of: Option<&str>,
     ) -> Result<()> {
+        let changing = self.changing_object(&old.bucket, &old.name, &[]);
         let changed = sqlx::query(
             "UPDATE objects SET id = $1, site = $2, hash = $3, creation = $4, expires = $5, size = $6,
              metadata = $7, replica_of = $8
@@ -483,6 +667,7 @@ impl MetaStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        changing.done();
         if changed == 0 {
             return Err(Error::conflict(format!(
                 "object {}/{} changed while its new version was pulled",
@@ -494,6 +679,7 @@ impl MetaStore {
 
     /// Marks a DELETING object DELETED and queues its orders, in one transaction.
     pub async fn finish_delete(&self, obj: &Object, orders: &[Order]) -> Result<()> {
+        let changing = self.changing_object(&obj.bucket, &obj.name, orders);
         let mut tx = self.write_tx().await?;
         let changed = sqlx::query(
             "UPDATE objects SET status = 'DELETED' WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'DELETING'",
@@ -512,11 +698,13 @@ impl MetaStore {
         }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
     /// Forgets an upload that did not finish (only while it is still UPLOAD).
     pub async fn cancel_upload(&self, bucket: &str, name: &str, id: &str) -> Result<()> {
+        let changing = self.changing_object(bucket, name, &[]);
         sqlx::query(
             "DELETE FROM objects WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'UPLOAD'",
         )
@@ -525,25 +713,30 @@ impl MetaStore {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        changing.done();
         Ok(())
     }
 
     pub async fn set_object_status(&self, bucket: &str, name: &str, status: Status) -> Result<()> {
+        let changing = self.changing_object(bucket, name, &[]);
         sqlx::query("UPDATE objects SET status = $1 WHERE bucket = $2 AND name = $3")
             .bind(status.as_str())
             .bind(bucket)
             .bind(name)
             .execute(&self.pool)
             .await?;
+        changing.done();
         Ok(())
     }
 
     /// Removes and returns the uploads a crash interrupted.
     pub async fn sweep_uploads(&self) -> Result<Vec<(String, String)>> {
+        let changing = self.changing(vec![Change::All]);
         let rows =
             sqlx::query("DELETE FROM objects WHERE status = 'UPLOAD' RETURNING bucket, name")
                 .fetch_all(&self.pool)
                 .await?;
+        changing.done();
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -653,6 +846,15 @@ impl MetaStore {
             .filter(|t| status.is_none_or(|s| s == t.status))
             .collect())
     }
+}
+
+/// The objects whose replication status queued orders change.
+pub(crate) fn order_changes(orders: &[Order]) -> impl Iterator<Item = Change> + '_ {
+    orders.iter().filter_map(|o| {
+        o.object_name
+            .as_deref()
+            .map(|name| Change::object(&o.bucket_name, name))
+    })
 }
 
 fn push_time(q: &mut QueryBuilder<Sqlite>, column: &str, op: &str, t: Option<DateTime<Utc>>) {

@@ -193,6 +193,7 @@ impl MetaStore {
 
     /// The peer stored these orders durably: now PROCESSING there.
     pub async fn mark_sent(&self, rows: &[OutboxRow], check_after_ms: i64) -> Result<()> {
+        let changing = self.changing(row_changes(rows));
         let mut tx = self.write_tx().await?;
         for row in rows {
             sqlx::query("UPDATE outbox SET state = 'SENT', next_attempt = $1, last_error = NULL WHERE seq = $2")
@@ -212,6 +213,7 @@ impl MetaStore {
             }
         }
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -238,6 +240,7 @@ impl MetaStore {
         give_up: impl Fn(&OutboxRow, u32) -> bool,
     ) -> Result<Vec<OutboxRow>> {
         let mut exhausted = Vec::new();
+        let changing = self.changing(row_changes(rows));
         let mut tx = self.write_tx().await?;
         for row in rows {
             let attempts = row.attempts + 1;
@@ -254,11 +257,13 @@ impl MetaStore {
             }
         }
         tx.commit().await?;
+        changing.done();
         Ok(exhausted)
     }
 
     /// The peer applied the order.
     pub async fn order_completed(&self, row: &OutboxRow) -> Result<()> {
+        let changing = self.changing(row_changes(std::slice::from_ref(row)));
         let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM outbox WHERE seq = $1")
             .bind(row.seq)
@@ -282,14 +287,17 @@ impl MetaStore {
         )
         .await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
     /// The order failed for good (the peer gave up, or a permanent error).
     pub async fn order_failed(&self, row: &OutboxRow, attempts: u32, error: &str) -> Result<()> {
+        let changing = self.changing(row_changes(std::slice::from_ref(row)));
         let mut tx = self.write_tx().await?;
         fail_in_tx(&mut tx, row, attempts, error).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -347,6 +355,10 @@ impl MetaStore {
         bucket: &str,
         object: &str,
     ) -> Result<BTreeMap<String, String>> {
+        if let Some(hit) = self.cache().replication(bucket, object) {
+            return Ok((*hit).clone());
+        }
+        let ticket = self.cache().ticket(bucket);
         let rows = sqlx::query(
             "SELECT site, status FROM replication_status WHERE bucket = $1 AND object = $2",
         )
@@ -354,25 +366,27 @@ impl MetaStore {
         .bind(object)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let sites: BTreeMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        self.cache()
+            .put_replication(ticket, bucket, object, sites.clone());
+        Ok(sites)
     }
 
     /// The site a replica was copied from, None for an original.
     pub async fn replica_of(&self, bucket: &str, object: &str) -> Result<Option<String>> {
-        let r: Option<Option<String>> =
-            sqlx::query_scalar("SELECT replica_of FROM objects WHERE bucket = $1 AND name = $2")
-                .bind(bucket)
-                .bind(object)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(r.flatten())
+        Ok(self
+            .cached_object(bucket, object)
+            .await?
+            .and_then(|o| o.replica_of.clone()))
     }
 
     /// Queues orders outside a metadata change (a forced retry).
     pub async fn queue_orders(&self, orders: &[Order]) -> Result<()> {
+        let changing = self.changing(super::order_changes(orders).collect());
         let mut tx = self.write_tx().await?;
         insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 
@@ -455,8 +469,10 @@ impl MetaStore {
         let Some(row) = row else { return Ok(None) };
         let mut op = failed_from_row(&row, self_site);
         op.order.op_id = uuid::Uuid::new_v4().to_string();
+        let changing = self.changing(vec![super::cache::Change::object(bucket, key)]);
         insert_orders(&mut tx, std::slice::from_ref(&op.order)).await?;
         tx.commit().await?;
+        changing.done();
         Ok(Some(op))
     }
 
@@ -659,6 +675,18 @@ impl MetaStore {
         .await?;
         Ok(n > 0)
     }
+}
+
+/// The objects whose replication status a change of these outbox rows touches.
+fn row_changes(rows: &[OutboxRow]) -> Vec<super::cache::Change> {
+    rows.iter()
+        .filter_map(|r| {
+            r.order
+                .object_name
+                .as_deref()
+                .map(|name| super::cache::Change::object(&r.order.bucket_name, name))
+        })
+        .collect()
 }
 
 async fn fail_in_tx(

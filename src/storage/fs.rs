@@ -3,7 +3,7 @@
 //! Writes go to `<data_dir>/tmp`, are fsynced, then renamed into place (and the directory
 //! fsynced), so a crash never leaves a partial object under its final name.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
-use super::{ByteStream, ListPage, ObjectWriter, Storage};
+use super::{ByteStream, ListPage, ObjectWriter, Storage, WholeObject};
 use crate::error::{Error, Result};
 
 /// Read size for streaming objects out.
@@ -96,6 +96,63 @@ impl Storage for FsStorage {
             Err(e) => return Err(e.into()),
         };
         let stream = ReaderStream::with_capacity(file, READ_CHUNK).map(|r| r.map_err(Error::from));
+        Ok(Box::pin(stream))
+    }
+
+    async fn read_whole(&self, bucket: &str, key: &str, limit: u64) -> Result<WholeObject> {
+        let path = self.path(bucket, key);
+        let what = format!("{bucket}/{key}");
+        tokio::task::spawn_blocking(move || -> Result<WholeObject> {
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::storage(format!(
+                        "object {what} missing from storage"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let cap = limit.saturating_add(1);
+            let size = file.metadata()?.len().min(cap);
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.take(cap).read_to_end(&mut bytes)?;
+            let sha256 = Sha256::digest(&bytes).into();
+            Ok(WholeObject {
+                bytes: Bytes::from(bytes),
+                sha256,
+            })
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+    }
+
+    async fn read_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        let path = self.path(bucket, key);
+        let what = format!("{bucket}/{key}");
+        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::storage(format!(
+                        "object {what} missing from storage"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            file.seek(std::io::SeekFrom::Start(start))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+        let stream =
+            ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| r.map_err(Error::from));
         Ok(Box::pin(stream))
     }
 

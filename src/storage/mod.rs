@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
 
 use crate::error::Result;
 
@@ -25,6 +26,14 @@ pub struct StoredObject {
     pub size: u64,
     /// SHA-256 (CCS encoding) when the backend keeps it alongside the bytes.
     pub hash: Option<String>,
+}
+
+/// An object read whole in one step, and the SHA-256 of exactly the bytes read, computed in
+/// that same step.
+#[derive(Debug, Clone)]
+pub struct WholeObject {
+    pub bytes: Bytes,
+    pub sha256: [u8; 32],
 }
 
 /// One page of a listing; `next` continues it.
@@ -60,6 +69,41 @@ pub trait Storage: Send + Sync {
     }
     /// Streams an object's bytes, or NotFound.
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
+    /// Reads a small object whole and hashes it, in as few steps as the backend allows (fs:
+    /// open, stat, read and hash in one blocking call). Reads at most `limit + 1` bytes, so
+    /// an object found larger than `limit` comes back cut short (the caller's size check then
+    /// fails). Default: drains [`Storage::read`].
+    async fn read_whole(&self, bucket: &str, key: &str, limit: u64) -> Result<WholeObject> {
+        let mut stream = self.read(bucket, key).await?;
+        let mut out = Vec::new();
+        let mut hasher = Sha256::new();
+        let cap = limit.saturating_add(1) as usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let take = chunk.len().min(cap - out.len());
+            hasher.update(&chunk[..take]);
+            out.extend_from_slice(&chunk[..take]);
+            if out.len() >= cap {
+                break;
+            }
+        }
+        Ok(WholeObject {
+            bytes: Bytes::from(out),
+            sha256: hasher.finalize().into(),
+        })
+    }
+    /// Streams `len` bytes of an object from offset `start` (the caller checked the range
+    /// against the object's size). Default: skips through [`Storage::read`].
+    async fn read_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        let stream = self.read(bucket, key).await?;
+        Ok(slice_stream(stream, start, len))
+    }
     /// Size of a stored object, None when absent.
     async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>>;
     /// Size and, where the backend keeps it, SHA-256 of a stored object; None when absent.
@@ -82,6 +126,33 @@ pub trait Storage: Send + Sync {
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
     /// Removes what a crash left behind (temporary files, unfinished uploads).
     async fn sweep(&self) -> Result<usize>;
+}
+
+/// Bytes `[start, start + len)` of a stream.
+pub fn slice_stream(stream: ByteStream, start: u64, len: u64) -> ByteStream {
+    let sliced = futures::stream::unfold(
+        (stream, start, len),
+        |(mut stream, mut skip, mut left)| async move {
+            while left > 0 {
+                let mut chunk = match stream.next().await? {
+                    Ok(c) => c,
+                    Err(e) => return Some((Err(e), (stream, 0, 0))),
+                };
+                if skip >= chunk.len() as u64 {
+                    skip -= chunk.len() as u64;
+                    continue;
+                }
+                let from = skip as usize;
+                skip = 0;
+                let upto = chunk.len().min(from + left.min(usize::MAX as u64) as usize);
+                chunk = chunk.slice(from..upto);
+                left -= chunk.len() as u64;
+                return Some((Ok(chunk), (stream, skip, left)));
+            }
+            None
+        },
+    );
+    Box::pin(sliced)
 }
 
 #[async_trait]

@@ -360,6 +360,37 @@ impl Storage for S3Storage {
         Ok(body_stream(out.body, target.describe()))
     }
 
+    async fn read_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        if len == 0 {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let target = self.target(bucket, key);
+        let out = match target
+            .client
+            .get_object()
+            .bucket(&target.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", start + len - 1))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(Error::storage(format!(
+                    "object {bucket}/{key} missing from storage (S3 NoSuchKey)"
+                )))
+            }
+            Err(e) => return Err(s3_error("GetObject", &target.describe(), e)),
+        };
+        Ok(body_stream(out.body, target.describe()))
+    }
+
     async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
         Ok(self.describe(bucket, key).await?.map(|o| o.size))
     }

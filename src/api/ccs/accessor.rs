@@ -10,9 +10,9 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 
-use crate::core::objects::{self, encode_for_client, Expected};
+use crate::core::objects::{self, encode_for_client, Expected, Payload};
 use crate::core::stream;
-use crate::core::wire::{self, object_headers, wants_json, wants_zstd};
+use crate::core::wire::{self, object_headers, wants_json, wants_zstd, ByteRange};
 use crate::engines::topology::{Caller, Target};
 use crate::error::{Error, Kind, Result};
 use crate::http::common::{no_content, ClientId, OpId, TARGET_ID, TYPE};
@@ -58,11 +58,12 @@ pub(crate) fn type_header(kind: &'static str) -> HeaderMap {
 /// A live bucket: 404 when absent, 410 when deleted.
 async fn live_bucket(state: &AppState, name: &str) -> Result<Bucket> {
     check_bucket(name)?;
-    let bucket = state
-        .meta
-        .get_bucket(name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
+    live(state.meta.get_bucket(name).await?, name)
+}
+
+/// The bucket row read for `name`, if it is live: 404 when absent, 410 when deleted.
+fn live(bucket: Option<Bucket>, name: &str) -> Result<Bucket> {
+    let bucket = bucket.ok_or_else(|| Error::not_found(format!("bucket {name} not found")))?;
     match bucket.status {
         Status::Deleted => Err(Error::gone(format!("bucket {name} is deleted"))),
         Status::Ready => Ok(bucket),
@@ -299,7 +300,8 @@ fn check_declared_size(
     Ok(())
 }
 
-/// A READY object the client may read, or 404.
+/// A READY object the client may read, or 404. Bucket, rights and object come from the
+/// metadata cache, or from one query when it misses.
 pub(crate) async fn readable_object(
     state: &AppState,
     client: &str,
@@ -307,8 +309,13 @@ pub(crate) async fn readable_object(
     name: &str,
 ) -> Result<Object> {
     check_object(name)?;
-    readable_bucket(state, client, bucket).await?;
-    match state.meta.get_object(bucket, name).await? {
+    check_bucket(bucket)?;
+    let view = state.meta.read_view(client, bucket, name).await?;
+    live(view.bucket, bucket)?;
+    if view.rights & rights::READ == 0 {
+        return Err(Error::not_found(format!("bucket {bucket} not found")));
+    }
+    match view.object {
         Some(obj) if obj.status == Status::Ready => Ok(obj),
         _ => Err(Error::not_found(format!(
             "object {bucket}/{name} not found"
@@ -345,7 +352,9 @@ async fn get_object(
 }
 
 /// Answers a READY object of this site: its JSON metadata when asked for, else its verified
-/// bytes with every object header, both with the replication status.
+/// bytes with every object header, both with the replication status. A `Range` asks for part
+/// of the bytes: 206 (not verified, see `objects::open_range`; never compressed, the range is
+/// of the stored bytes), or 416 when no byte satisfies it.
 pub(crate) async fn serve_object(
     state: &AppState,
     obj: Object,
@@ -365,10 +374,64 @@ pub(crate) async fn serve_object(
         add_replication_header(&mut h, &replication);
         return Ok((h, Json(json)).into_response());
     }
-    let body = objects::open_verified(state, &obj, op_id).await?;
-    let mut resp = object_response(&obj, body, wants_zstd(req_headers));
+    let range = wire::byte_range(req_headers, obj.size);
+    let mut resp = match range {
+        ByteRange::Whole => {
+            let payload = objects::read_verified(state, &obj, op_id).await?;
+            object_response(&obj, payload, wants_zstd(req_headers))
+        }
+        ByteRange::Part { start, len } => {
+            let body = objects::open_range(state, &obj, start, len).await?;
+            partial_response(&obj, body, range)
+        }
+        ByteRange::Unsatisfiable => {
+            let value = range
+                .content_range(obj.size)
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            return Ok(range_not_satisfiable(value));
+        }
+    };
     add_replication_header(resp.headers_mut(), &replication);
     Ok(resp)
+}
+
+/// A 206 carrying part of an object's bytes, with every object header (they describe the
+/// whole object) and `Content-Range`.
+fn partial_response(obj: &Object, body: ByteStream, range: ByteRange) -> Response {
+    let ByteRange::Part { len, .. } = range else {
+        unreachable!("partial_response needs a part")
+    };
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let h = resp.headers_mut();
+    h.extend(object_headers(obj));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(v) = range
+        .content_range(obj.size)
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
+/// 416 in the CCS error form, with `Content-Range` (`bytes */size`, or the value a peer sent).
+pub(crate) fn range_not_satisfiable(content_range: Option<HeaderValue>) -> Response {
+    let mut resp = Error::new(
+        Kind::RangeNotSatisfiable,
+        crate::error::Origin::Client,
+        "no byte of the requested range is within the object",
+    )
+    .into_response();
+    if let Some(v) = content_range {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
 }
 
 /// `x-clonecloudstore-replication-status`: REPLICA on a copy, the overall status at the source.
@@ -396,10 +459,16 @@ async fn may_read_remotely(state: &AppState, client: &str, bucket: &str) -> Resu
     })
 }
 
-/// A 200 carrying an object's bytes and every object header.
-pub fn object_response(obj: &Object, body: ByteStream, zstd: bool) -> Response {
-    let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
+/// A 200 carrying an object's bytes and every object header. A small object read whole
+/// leaves as one body of known length.
+pub fn object_response(obj: &Object, body: Payload, zstd: bool) -> Response {
+    let body = match body {
+        Payload::Whole(bytes) if !zstd => Body::from(bytes),
+        other => Body::from_stream(encode_for_client(other.into_stream(), zstd)),
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.extend(object_headers(obj));
     h.insert(
         header::CONTENT_TYPE,

@@ -242,6 +242,9 @@ fn describe(t: &Target) -> String {
 }
 
 /// GETs the target from one site and relays the answer; object bytes are verified on the way.
+/// A `Range` is passed on (without zstd: ranges are of the stored bytes); the peer's 206 is
+/// relayed as it comes (a part cannot be checked against the whole object's hash), its 416
+/// with its `Content-Range`.
 async fn fetch_from(
     state: &AppState,
     located: &Located,
@@ -252,7 +255,8 @@ async fn fetch_from(
     let site = &located.site;
     let url = format!("{}{}", site.uri.trim_end_matches('/'), target.remote_path());
     let json = target.object.is_none() || wants_json(req_headers);
-    let zstd = !json && wants_zstd(req_headers);
+    let range = req_headers.get(header::RANGE).filter(|_| !json);
+    let zstd = !json && range.is_none() && wants_zstd(req_headers);
     let mut request = state
         .topology
         .peer_request(http::Method::GET, &url)
@@ -266,6 +270,12 @@ async fn fetch_from(
     if zstd {
         request = request.header(header::ACCEPT_ENCODING, "zstd");
     }
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range.clone());
+        if let Some(if_range) = req_headers.get(header::IF_RANGE) {
+            request = request.header(header::IF_RANGE, if_range.clone());
+        }
+    }
     let started = Instant::now();
     let resp = request.send().await;
     state.topology.record(&site.id, resp.is_ok(), started);
@@ -275,9 +285,15 @@ async fn fetch_from(
             format!("site {} unreachable: {e}", site.id),
         )
     })?;
+    if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        return Ok(accessor::range_not_satisfiable(
+            resp.headers().get(header::CONTENT_RANGE).cloned(),
+        ));
+    }
     if !resp.status().is_success() {
         return Err(relay_error(&site.id, &resp));
     }
+    let partial = resp.status() == StatusCode::PARTIAL_CONTENT && range.is_some();
     let mut out = HeaderMap::new();
     for (name, value) in resp.headers() {
         let n = name.as_str();
@@ -285,13 +301,21 @@ async fn fetch_from(
             || name == header::CONTENT_TYPE
             || name == header::CONTENT_ENCODING
             || (name == header::CONTENT_LENGTH && !zstd)
+            || (partial && (name == header::CONTENT_RANGE || name == header::ACCEPT_RANGES))
         {
             out.insert(HeaderName::from(name), value.clone());
         }
     }
-    let body = relay_body(&site.id, resp, caller.op_id, zstd, json)?;
+    let body = if partial {
+        into_stream(resp, site.id.clone())
+    } else {
+        relay_body(&site.id, resp, caller.op_id, zstd, json)?
+    };
     let stream: ByteStream = Box::pin(objects::Metered::new(body));
     let mut response = Response::new(Body::from_stream(stream));
+    if partial {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     *response.headers_mut() = out;
     Ok(response)
 }

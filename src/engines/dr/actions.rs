@@ -236,6 +236,17 @@ async fn inventory_page(
         .collect()
 }
 
+/// Whether the recovery site's metadata says it holds the object (`HEAD` answers 204).
+async fn holds(state: &JobContext, url: &str, item: &InventoryItem) -> bool {
+    let head = state
+        .topology
+        .peer_request(Method::HEAD, url)
+        .header(CLIENT_ID, &item.client_id)
+        .send()
+        .await;
+    matches!(head, Ok(h) if h.status() == 204)
+}
+
 async fn check_one(state: &JobContext, recovery: &Topology, item: &InventoryItem) -> Check {
     let url = format!(
         "{}/replicator/remote/buckets/{}/{}",
@@ -251,26 +262,28 @@ async fn check_one(state: &JobContext, recovery: &Topology, item: &InventoryItem
         .await
     {
         Ok(r) => r,
-        // A small corrupt object is aborted before its headers leave: tell that from an
+        // A transfer aborted before its headers left: tell a corrupt copy from an
         // unreachable site by asking whether the object is there.
         Err(e) => {
-            let head = state
-                .topology
-                .peer_request(Method::HEAD, &url)
-                .header(CLIENT_ID, &item.client_id)
-                .send()
-                .await;
-            return match head {
-                Ok(h) if h.status() == 204 => Check::Corrupt(format!(
+            return if holds(state, &url, item).await {
+                Check::Corrupt(format!(
                     "the recovery site aborted the transfer (its bytes fail verification): {e}"
-                )),
-                _ => Check::Missing(format!("recovery site unreachable: {e}")),
+                ))
+            } else {
+                Check::Missing(format!("recovery site unreachable: {e}"))
             };
         }
     };
     match resp.status().as_u16() {
         200 => {}
         404 | 410 => return Check::Missing("not at the recovery site".into()),
+        // A small object is verified before anything is sent: a copy that fails answers 5xx
+        // while its metadata says it is there.
+        s if s >= 500 && holds(state, &url, item).await => {
+            return Check::Corrupt(format!(
+                "the recovery site holds the object but cannot serve it (its bytes fail verification): {s}"
+            ))
+        }
         s => return Check::Missing(format!("recovery site answered {s}")),
     }
     let hash = resp

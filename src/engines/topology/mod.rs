@@ -12,6 +12,7 @@
 //! make the site flood its peers with HEADs.
 
 mod peer;
+pub mod probe;
 
 pub use peer::{Credentials, PeerClient, SCOPE_ADMIN, SCOPE_PEER};
 

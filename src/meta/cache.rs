@@ -1,0 +1,525 @@
+//! In-process cache of the rows the read path needs: buckets, grants (rights), objects (with
+//! the site a replica was copied from) and an object's replication status. Filled on read,
+//! negative answers included (no such bucket, no grant, no such object).
+//!
+//! # Correctness
+//!
+//! Every write of these rows goes through a [`MetaStore`](super::MetaStore) method, and that
+//! method reports what it changed as a [`Change`] to [`MetaCache::invalidate`] once its
+//! transaction is over (committed or not). `invalidate` is the cache's ONE invalidation
+//! interface: nothing else removes or rewrites entries (eviction only drops them). A second
+//! process sharing the database later (PostgreSQL) needs only a listener that turns each
+//! `LISTEN/NOTIFY` payload into a [`Change`] (see [`Change::to_payload`] /
+//! [`Change::from_payload`]) and calls `invalidate`, plus `invalidate(Change::All)` when the
+//! notification connection is lost.
+//!
+//! A read that misses races with writes: it may read the old row, then a write commits and
+//! invalidates, then the read would store the old row. To rule that out, every key belongs to
+//! one of [`SLOTS`] epoch counters (by bucket name). A reader takes a [`Ticket`] (the epoch)
+//! before its query; `invalidate` bumps the epoch and then removes the entries; the reader
+//! stores its answer only if the epoch is unchanged, checked under the map shard's lock. So
+//! the answer is either removed by the invalidation or never stored: once a write method has
+//! returned, no read in this process answers from a row older than that write.
+//!
+//! Writers outside this process (`mirrorgate import` against a serving site, a hand-edited
+//! database) send no [`Change`]; `ttl` bounds how long the cache can miss them.
+//!
+//! Memory: at most `max_entries` entries; when full, about a quarter of them (arbitrary ones)
+//! are dropped at once.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use metrics::{Counter, Gauge};
+
+use crate::model::object::{Bucket, Object};
+
+/// Number of epoch counters (keys are spread over them by bucket name).
+pub const SLOTS: usize = 64;
+
+/// What a write changed, as the cache needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One object: its row and its replication status.
+    Object { bucket: String, name: String },
+    /// One client's grant on a bucket.
+    Rights { client: String, bucket: String },
+    /// Every grant on a bucket.
+    BucketRights { bucket: String },
+    /// A bucket's row and everything cached under it (grants, objects, replication status).
+    Bucket { bucket: String },
+    /// Anything at all (e.g. a notification channel that lost messages).
+    All,
+}
+
+impl Change {
+    pub fn object(bucket: &str, name: &str) -> Self {
+        Change::Object {
+            bucket: bucket.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn bucket(bucket: &str) -> Self {
+        Change::Bucket {
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    /// A text form for a database notification (`O`, `R`, `G`, `B` or `*`, then the names,
+    /// separated by NUL characters, which no bucket, client or object name contains).
+    pub fn to_payload(&self) -> String {
+        match self {
+            Change::Object { bucket, name } => format!("O\0{bucket}\0{name}"),
+            Change::Rights { client, bucket } => format!("R\0{client}\0{bucket}"),
+            Change::BucketRights { bucket } => format!("G\0{bucket}"),
+            Change::Bucket { bucket } => format!("B\0{bucket}"),
+            Change::All => "*".into(),
+        }
+    }
+
+    /// Reads [`Change::to_payload`]'s form; anything unreadable is [`Change::All`] (safe).
+    pub fn from_payload(text: &str) -> Self {
+        let parts: Vec<&str> = text.split('\0').collect();
+        match parts.as_slice() {
+            ["O", bucket, name] => Change::object(bucket, name),
+            ["R", client, bucket] => Change::Rights {
+                client: (*client).to_owned(),
+                bucket: (*bucket).to_owned(),
+            },
+            ["G", bucket] => Change::BucketRights {
+                bucket: (*bucket).to_owned(),
+            },
+            ["B", bucket] => Change::bucket(bucket),
+            _ => Change::All,
+        }
+    }
+
+    fn bucket_name(&self) -> Option<&str> {
+        match self {
+            Change::Object { bucket, .. }
+            | Change::Rights { bucket, .. }
+            | Change::BucketRights { bucket }
+            | Change::Bucket { bucket } => Some(bucket),
+            Change::All => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Bucket,
+    Rights,
+    Object,
+    Replication,
+}
+
+/// `bucket` always names the bucket (it picks the epoch slot); `sub` is the client (rights),
+/// the object name (object, replication) or empty (bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    kind: Kind,
+    bucket: String,
+    sub: String,
+}
+
+/// An object row as cached: the object and the site it was replicated from.
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    pub object: Object,
+    pub replica_of: Option<String>,
+}
+
+#[derive(Clone)]
+enum Value {
+    Bucket(Option<Arc<Bucket>>),
+    Rights(i64),
+    Object(Option<Arc<CachedObject>>),
+    Replication(Arc<BTreeMap<String, String>>),
+}
+
+struct Entry {
+    value: Value,
+    at: Instant,
+}
+
+/// Taken before a query whose answer is to be cached (see the module's doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    slot: usize,
+    epoch: u64,
+}
+
+/// Settings of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheOptions {
+    /// Entry cap; 0 disables the cache.
+    pub max_entries: usize,
+    /// How long an entry is trusted; `None`: until invalidated or evicted.
+    pub ttl: Option<Duration>,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            ttl: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+pub struct MetaCache {
+    map: DashMap<Key, Entry>,
+    epochs: Box<[AtomicU64]>,
+    options: CacheOptions,
+    hits: Counter,
+    misses: Counter,
+    entries: Gauge,
+}
+
+impl MetaCache {
+    pub fn new(options: CacheOptions) -> Self {
+        Self {
+            map: DashMap::new(),
+            epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            options,
+            hits: metrics::counter!("mirrorgate_meta_cache_hits_total"),
+            misses: metrics::counter!("mirrorgate_meta_cache_misses_total"),
+            entries: metrics::gauge!("mirrorgate_meta_cache_entries"),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.options.max_entries > 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The one way to tell the cache that the store changed. Call it after the change is
+    /// committed (calling it more often is always safe).
+    pub fn invalidate(&self, change: &Change) {
+        match change.bucket_name() {
+            Some(bucket) => {
+                self.epochs[slot(bucket)].fetch_add(1, Ordering::SeqCst);
+            }
+            None => {
+                for e in self.epochs.iter() {
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if self.map.is_empty() {
+            return;
+        }
+        match change {
+            Change::Object { bucket, name } => {
+                for kind in [Kind::Object, Kind::Replication] {
+                    self.map.remove(&Key {
+                        kind,
+                        bucket: bucket.clone(),
+                        sub: name.clone(),
+                    });
+                }
+            }
+            Change::Rights { client, bucket } => {
+                self.map.remove(&Key {
+                    kind: Kind::Rights,
+                    bucket: bucket.clone(),
+                    sub: client.clone(),
+                });
+            }
+            Change::BucketRights { bucket } => self
+                .map
+                .retain(|k, _| !(k.kind == Kind::Rights && k.bucket == *bucket)),
+            Change::Bucket { bucket } => self.map.retain(|k, _| k.bucket != *bucket),
+            Change::All => self.map.clear(),
+        }
+        self.entries.set(self.map.len() as f64);
+    }
+
+    /// Before a query whose answer about `bucket` may be stored.
+    pub fn ticket(&self, bucket: &str) -> Ticket {
+        let slot = slot(bucket);
+        Ticket {
+            slot,
+            epoch: self.epochs[slot].load(Ordering::SeqCst),
+        }
+    }
+
+    pub fn bucket(&self, name: &str) -> Option<Option<Bucket>> {
+        match self.get(Kind::Bucket, name, "")? {
+            Value::Bucket(b) => Some(b.map(|b| (*b).clone())),
+            _ => None,
+        }
+    }
+
+    pub fn rights(&self, client: &str, bucket: &str) -> Option<i64> {
+        match self.get(Kind::Rights, bucket, client)? {
+            Value::Rights(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn object(&self, bucket: &str, name: &str) -> Option<Option<Arc<CachedObject>>> {
+        match self.get(Kind::Object, bucket, name)? {
+            Value::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn replication(&self, bucket: &str, name: &str) -> Option<Arc<BTreeMap<String, String>>> {
+        match self.get(Kind::Replication, bucket, name)? {
+            Value::Replication(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn put_bucket(&self, t: Ticket, name: &str, bucket: Option<Bucket>) {
+        self.put(
+            t,
+            Kind::Bucket,
+            name,
+            "",
+            Value::Bucket(bucket.map(Arc::new)),
+        );
+    }
+
+    pub fn put_rights(&self, t: Ticket, client: &str, bucket: &str, rights: i64) {
+        self.put(t, Kind::Rights, bucket, client, Value::Rights(rights));
+    }
+
+    pub fn put_object(&self, t: Ticket, bucket: &str, name: &str, obj: Option<CachedObject>) {
+        self.put(
+            t,
+            Kind::Object,
+            bucket,
+            name,
+            Value::Object(obj.map(Arc::new)),
+        );
+    }
+
+    pub fn put_replication(
+        &self,
+        t: Ticket,
+        bucket: &str,
+        name: &str,
+        sites: BTreeMap<String, String>,
+    ) {
+        self.put(
+            t,
+            Kind::Replication,
+            bucket,
+            name,
+            Value::Replication(Arc::new(sites)),
+        );
+    }
+
+    fn get(&self, kind: Kind, bucket: &str, sub: &str) -> Option<Value> {
+        if !self.enabled() {
+            return None;
+        }
+        let key = Key {
+            kind,
+            bucket: bucket.to_owned(),
+            sub: sub.to_owned(),
+        };
+        let found = self.map.get(&key).and_then(|e| {
+            let fresh = self.options.ttl.is_none_or(|ttl| e.at.elapsed() < ttl);
+            fresh.then(|| e.value.clone())
+        });
+        match &found {
+            Some(_) => self.hits.increment(1),
+            None => self.misses.increment(1),
+        }
+        found
+    }
+
+    /// Stores an answer read after `t` was taken, unless an invalidation of its slot came in
+    /// between (checked while holding the shard's lock, see the module's doc).
+    fn put(&self, t: Ticket, kind: Kind, bucket: &str, sub: &str, value: Value) {
+        if !self.enabled() || self.epochs[t.slot].load(Ordering::SeqCst) != t.epoch {
+            return;
+        }
+        if self.map.len() >= self.options.max_entries {
+            self.evict();
+        }
+        let key = Key {
+            kind,
+            bucket: bucket.to_owned(),
+            sub: sub.to_owned(),
+        };
+        match self.map.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(mut o) => {
+                if self.epochs[t.slot].load(Ordering::SeqCst) == t.epoch {
+                    o.insert(Entry {
+                        value,
+                        at: Instant::now(),
+                    });
+                }
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                if self.epochs[t.slot].load(Ordering::SeqCst) == t.epoch {
+                    v.insert(Entry {
+                        value,
+                        at: Instant::now(),
+                    });
+                }
+            }
+        }
+        self.entries.set(self.map.len() as f64);
+    }
+
+    /// Drops about a quarter of the entries (every fourth one met).
+    fn evict(&self) {
+        let mut n = 0u64;
+        self.map.retain(|_, _| {
+            n += 1;
+            !n.is_multiple_of(4)
+        });
+    }
+}
+
+/// Reports a write's changes to the cache when dropped, that is at the end of the write
+/// method, whichever way it ends. Dropped without [`Changing::done`] (an error, or the
+/// method's future cancelled while its commit may still land on the database's worker
+/// thread), it reports them once more 100 ms and 1 s later.
+pub struct Changing {
+    cache: Arc<MetaCache>,
+    changes: Vec<Change>,
+    done: bool,
+}
+
+impl Changing {
+    pub fn new(cache: Arc<MetaCache>, changes: Vec<Change>) -> Self {
+        Self {
+            cache,
+            changes,
+            done: false,
+        }
+    }
+
+    /// The write finished (committed or cleanly failed).
+    pub fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Changing {
+    fn drop(&mut self) {
+        for c in &self.changes {
+            self.cache.invalidate(c);
+        }
+        if self.done || self.changes.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (cache, changes) = (self.cache.clone(), std::mem::take(&mut self.changes));
+            rt.spawn(async move {
+                for delay in [100, 900] {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    for c in &changes {
+                        cache.invalidate(c);
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn slot(bucket: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bucket.hash(&mut h);
+    (h.finish() as usize) % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(name: &str) -> Bucket {
+        Bucket {
+            name: name.into(),
+            id: name.into(),
+            client_id: "c".into(),
+            site: "s".into(),
+            creation: chrono::Utc::now(),
+            expires: None,
+            status: crate::model::object::Status::Ready,
+        }
+    }
+
+    #[test]
+    fn an_answer_read_before_an_invalidation_is_not_stored() {
+        let c = MetaCache::new(CacheOptions::default());
+        let t = c.ticket("b");
+        c.invalidate(&Change::bucket("b"));
+        c.put_bucket(t, "b", Some(bucket("b")));
+        assert!(c.bucket("b").is_none());
+        let t = c.ticket("b");
+        c.put_bucket(t, "b", None);
+        assert_eq!(c.bucket("b").map(|b| b.is_none()), Some(true));
+    }
+
+    #[test]
+    fn changes_drop_what_they_touch() {
+        let c = MetaCache::new(CacheOptions::default());
+        let t = c.ticket("b");
+        c.put_rights(t, "x", "b", 1);
+        c.put_rights(t, "y", "b", 3);
+        c.put_bucket(t, "b", Some(bucket("b")));
+        c.invalidate(&Change::Rights {
+            client: "x".into(),
+            bucket: "b".into(),
+        });
+        let t = c.ticket("b");
+        assert_eq!(c.rights("x", "b"), None);
+        assert_eq!(c.rights("y", "b"), Some(3));
+        c.put_rights(t, "x", "b", 1);
+        c.invalidate(&Change::BucketRights { bucket: "b".into() });
+        assert_eq!(c.rights("y", "b"), None);
+        assert!(c.bucket("b").is_some());
+        c.invalidate(&Change::bucket("b"));
+        assert!(c.bucket("b").is_none());
+    }
+
+    #[test]
+    fn the_cap_holds() {
+        let c = MetaCache::new(CacheOptions {
+            max_entries: 100,
+            ttl: None,
+        });
+        for i in 0..1000 {
+            let name = format!("b{i}");
+            let t = c.ticket(&name);
+            c.put_bucket(t, &name, None);
+            assert!(c.len() <= 100);
+        }
+    }
+
+    #[test]
+    fn payloads_round_trip() {
+        for change in [
+            Change::object("b", "a/b"),
+            Change::Rights {
+                client: "c".into(),
+                bucket: "b".into(),
+            },
+            Change::BucketRights { bucket: "b".into() },
+            Change::bucket("b"),
+            Change::All,
+        ] {
+            assert_eq!(Change::from_payload(&change.to_payload()), change);
+        }
+        assert_eq!(Change::from_payload("garbage"), Change::All);
+    }
+}
