@@ -564,7 +564,7 @@ async fn cancel_running(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let t = find_task(&state, &id).await?;
-    if !state.meta.request_cancel(&t.uuid).await? {
+    if !state.tasks.cancel(&t.uuid).await? {
         return Err(Error::new(
             Kind::NotFound,
             crate::error::Origin::Client,
