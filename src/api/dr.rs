@@ -409,9 +409,11 @@ async fn server_view(state: &AppState, s: &Server, headers: &HeaderMap) -> Resul
         Err(e) => e.message,
     };
     let mut local = server_json(state, s, headers).await?;
-    local["_issues"].as_array_mut().map(|i| i.push(json!({ "domain": "DisasterRecovery", "target": s.uuid, "severity": "WARNING",
+    if let Some(i) = local["_issues"].as_array_mut() {
+        i.push(json!({ "domain": "DisasterRecovery", "target": s.uuid, "severity": "WARNING",
         "error": { "code": "OwnerUnreachable", "domain": "DisasterRecovery", "context": { "owner_site": owner.topology.id },
-        "message": format!("The state of this server is kept by site {}, which cannot be reached ({why}); this is the last state known here and actions are refused until it answers.", owner.topology.id) } })));
+        "message": format!("The state of this server is kept by site {}, which cannot be reached ({why}); this is the last state known here and actions are refused until it answers.", owner.topology.id) } }));
+    }
     Ok(local)
 }
 
