@@ -33,6 +33,8 @@ pub struct Config {
     pub rucio: RucioConfig,
     #[serde(default)]
     pub dr: DrConfig,
+    #[serde(default)]
+    pub tasks: TasksConfig,
 }
 
 /// Disaster recovery.
@@ -43,14 +45,55 @@ pub struct DrConfig {
     /// within four times ERROR, beyond CRITICAL.
     #[serde(default = "default_rpo_threshold")]
     pub rpo_threshold_seconds: u64,
+    /// How long a failback (stop_failover) may wait for the primary to hold and verify every
+    /// object written during the failover before it fails, in seconds; 0: no deadline (it
+    /// keeps running, with visible progress, until the primary is back).
+    #[serde(default)]
+    pub failback_deadline_secs: u64,
+    /// DR tasks running at once, per kind (test failover, production failover, failback),
+    /// apart from the slots of the other task kinds.
+    #[serde(default = "default_dr_concurrent")]
+    pub max_concurrent_tasks: usize,
 }
 
 impl Default for DrConfig {
     fn default() -> Self {
         Self {
             rpo_threshold_seconds: default_rpo_threshold(),
+            failback_deadline_secs: 0,
+            max_concurrent_tasks: default_dr_concurrent(),
         }
     }
+}
+
+fn default_dr_concurrent() -> usize {
+    4
+}
+
+/// The task engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    /// Definition runs (and any kind without its own limit) running at once; the others wait
+    /// Pending. Each task kind has its own slots.
+    #[serde(default = "default_task_concurrent")]
+    pub max_concurrent: usize,
+    /// Per-kind limits by task type, e.g. `{ replicationActionExecutor = 2 }`.
+    #[serde(default)]
+    pub limits: std::collections::HashMap<String, usize>,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: default_task_concurrent(),
+            limits: Default::default(),
+        }
+    }
+}
+
+fn default_task_concurrent() -> usize {
+    4
 }
 
 fn default_rpo_threshold() -> u64 {

@@ -83,12 +83,7 @@ impl AppState {
             replication: replication.service.clone(),
             catalogue: catalogue.clone(),
         }));
-        tasks.register(
-            crate::engines::definitions::RUN_KIND,
-            Arc::new(crate::engines::definitions::run::DefinitionRun(
-                jobs.clone(),
-            )),
-        );
+        crate::engines::definitions::register(&jobs);
         crate::engines::dr::actions::register(&jobs);
         let finished = crate::core::objects::finish_interrupted_deletes(&site).await?;
         if finished > 0 {

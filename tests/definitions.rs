@@ -69,6 +69,17 @@ async fn wait_status(site: &Site, name: &str, want: &str) -> Value {
 async fn definitions_crud_with_every_error_status() {
     let a = Site::start("site-a", NO_FANOUT);
     let http = reqwest::Client::new();
+    // The target must be a site of the topology (B need not be up for a definition).
+    let (s, v) = define(&a, json!({"name": "nowhere", "description": "d", "payload": ["bkt/x/"], "targetName": "site-b"})).await;
+    assert_eq!(s, 400, "unknown target: {v}");
+    assert_eq!(v["status"]["code"], 400, "{v}");
+    let r = http
+        .post(a.url("/administration/topologies"))
+        .json(&json!({"id": "site-b", "uri": "http://127.0.0.1:9", "status": "UP"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let (s, v) = define(&a, json!({"name": "job-b", "description": "to b", "payload": ["bkt/x/", "bkt/one.txt"], "targetName": "site-b",
         "schedule": {"start": {"iso8601": "2030-01-01T00:00:00Z"}, "intervalPeriod": "Hour", "intervalCount": 2}})).await;
     assert_eq!(s, 200, "{v}");
@@ -76,6 +87,42 @@ async fn definitions_crud_with_every_error_status() {
     assert_eq!(v["data"]["payload"][0]["isFolder"], true);
     assert_eq!(v["data"]["payload"][1]["isFolder"], false);
     assert_eq!(v["data"]["schedule"]["intervalPeriod"], "Hour");
+    // The definition's own nodeRef, and the seed's trailing-slash paths.
+    let node_ref = v["data"]["nodeRef"].as_str().unwrap().to_owned();
+    assert!(node_ref.starts_with("workspace://SpacesStore/"), "{v}");
+    let (s, listed) = send(http.get(api(&a, "/replication-definitions/"))).await;
+    assert_eq!(s, 200, "{listed}");
+    assert_eq!(listed["data"][0]["nodeRef"], node_ref.as_str());
+    assert_eq!(
+        send(http.get(api(&a, "/replication-definition/job-b/")))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(send(http.get(api(&a, "/running-actions/"))).await.0, 200);
+    // A payload entry naming an object by nodeRef (its id) is stored as its bucket/key.
+    create_bucket(&a, "bkt").await;
+    let r = client()
+        .post(a.url("/cloudclonestore/bkt/named.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let obj: Value = r.json().await.unwrap();
+    let oid = obj["id"].as_str().unwrap();
+    let (s, v) = define(&a, json!({"name": "by-ref", "description": "d", "payload": [format!("workspace://SpacesStore/{oid}")], "targetName": "site-b"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["payload"][0]["path"], "/bkt/named.txt", "{v}");
+    let (s, v) = define(&a, json!({"name": "bad-ref", "description": "d", "payload": ["workspace://SpacesStore/nope"], "targetName": "site-b"})).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        http.delete(api(&a, "/replication-definition/by-ref/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     assert_eq!(
         define(&a, json!({"name": "job-a", "description": "to a"}))
             .await
@@ -363,6 +410,12 @@ async fn cancel_mid_run_and_restart_mid_run() {
     let done = task["progress"]["objectsDone"].as_i64().unwrap();
     assert!(done < 200, "partial counts: {task}");
     assert_eq!(task["cancelRequested"], true);
+    assert!(
+        task["result"]["ordersWithdrawn"].as_u64().unwrap() > 0,
+        "the paused run's queued orders are withdrawn: {task}"
+    );
+    let (_, pending) = send(http.get(a.url("/_/backbeat/api/metrics/crr/site-b/pending"))).await;
+    assert_eq!(pending["pending"]["results"]["count"], 0, "{pending}");
 
     // A restart while a run is in progress: no task stays Running.
     let second = run(&a, "slow").await;

@@ -40,14 +40,13 @@ async fn action(site: &Site, server: &str, what: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// A DR task through the DR API (found at whichever site runs it).
 async fn task(site: &Site, uuid: &str) -> Value {
-    let v: Value = reqwest::get(site.url(&format!("/api/running-action/{uuid}")))
-        .await
-        .unwrap()
-        .json()
+    let r = reqwest::get(site.url(&format!("/api/dr/v2/tasks/{uuid}")))
         .await
         .unwrap();
-    v["data"].clone()
+    assert_eq!(r.status(), 200, "task {uuid}");
+    r.json().await.unwrap()
 }
 
 async fn task_ends(site: &Site, uuid: &str) -> Value {
@@ -224,7 +223,15 @@ async fn test_failover_reports_missing_and_corrupt_copies_without_touching_produ
     let (status, started) = action(&a, &server, "start_failover_test").await;
     assert_eq!(status, 202, "{started}");
     let t = task_ends(&a, started["task_uuid"].as_str().unwrap()).await;
-    assert_eq!(t["status"], "Completed", "{t}");
+    assert_eq!(t["status"], "Failed", "differences fail the test: {t}");
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 missing, 1 corrupt"),
+        "{t}"
+    );
+    assert!(t["created_at"].is_string(), "{t}");
     let r = &t["result"];
     assert_eq!(
         (
@@ -239,6 +246,15 @@ async fn test_failover_reports_missing_and_corrupt_copies_without_touching_produ
     assert_eq!(r["corrupt"][0]["key"], "corrupt");
     assert_eq!(server_status(&a, &server).await, "FAILOVER_TEST");
     let (_, detail) = get(&a, &format!("/servers/{server}")).await;
+    assert!(
+        detail["_issues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["error"]["code"] == "TestFailoverFoundDifferences"),
+        "{detail}"
+    );
+    assert!(detail["created_at"].is_string(), "{detail}");
     assert!(
         detail["_links"]
             .as_array()
@@ -340,9 +356,38 @@ async fn production_failover_and_failback_with_the_primary_stopped() {
         busy["error"]["context"]["task_uuids"][0],
         stop_task.as_str()
     );
+    // The primary is away: the failback keeps running, shows what it waits for, never
+    // Completed, and the server does not go STAND_BY.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = task(&b, &stop_task).await;
+    assert_eq!(t["status"], "Running", "{t}");
+    assert!(t["progress"]["objects_total"].as_i64().unwrap() >= 1, "{t}");
+    assert_eq!(t["progress"]["objects_done"], 0, "{t}");
+    assert_eq!(server_status(&b, &server).await, "STOPPING_FAILOVER");
+    assert_eq!(
+        server_status(&c, &server).await,
+        "STOPPING_FAILOVER",
+        "the same state at C"
+    );
+    // Cancelling the failback rolls the server back to FAILOVER_PROD (traffic stays at B).
+    let r = reqwest::Client::new()
+        .post(c.url(&format!("/api/dr/v2/tasks/{stop_task}:cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let t = task_ends(&b, &stop_task).await;
+    assert_eq!(t["status"], "Cancelled", "{t}");
+    assert_eq!(server_status(&b, &server).await, "FAILOVER_PROD");
+    let (status, stop) = action(&c, &server, "stop_failover").await;
+    assert_eq!(status, 202, "again, through C: {stop}");
+    let stop_task = stop["task_uuid"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(task(&c, &stop_task).await["status"], "Running");
     a.restart();
     let t = task_ends(&b, &stop_task).await;
     assert_eq!(t["status"], "Completed", "{t}");
+    assert!(t["result"]["objectsVerified"].as_u64().unwrap() >= 1, "{t}");
     assert_eq!(server_status(&b, &server).await, "STAND_BY");
     let r = client()
         .head(a.url("/replicator/remote/buckets/prod/during"))
@@ -361,4 +406,89 @@ async fn production_failover_and_failback_with_the_primary_stopped() {
         .await
         .unwrap();
     assert_eq!(topo["status"], "UP", "traffic back");
+}
+
+#[tokio::test]
+async fn a_failback_that_cannot_prove_delivery_fails_after_its_deadline() {
+    let cfg = format!("{FAST}[dr]\nfailback_deadline_secs = 3\n");
+    let (mut a, b) = (Site::start("site-a", &cfg), Site::start("site-b", &cfg));
+    mesh(&[&a, &b]).await;
+    create_bucket(&a, "deadline").await;
+    eventually(Duration::from_secs(20), "bucket at B", || async {
+        let r = client()
+            .get(b.url("/cloudclonestore/deadline"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() != 404).then_some(())
+    })
+    .await;
+    let server = recovery_uuid("site-a", "site-b");
+    let (status, started) = action(&b, &server, "start_failover_prod").await;
+    assert_eq!(status, 202, "{started}");
+    task_ends(&b, started["task_uuid"].as_str().unwrap()).await;
+    a.kill9();
+    put_object(&b, "deadline", "during", data(5000, 9)).await;
+    let (status, stop) = action(&b, &server, "stop_failover").await;
+    assert_eq!(status, 202, "{stop}");
+    let t = task_ends(&b, stop["task_uuid"].as_str().unwrap()).await;
+    assert_eq!(t["status"], "Failed", "{t}");
+    let why = t["error"]["message"].as_str().unwrap();
+    assert!(
+        why.contains("site-a") && why.contains("not proven"),
+        "{why}"
+    );
+    assert_eq!(server_status(&b, &server).await, "FAILOVER_PROD");
+}
+
+#[tokio::test]
+async fn one_dr_state_per_server_whichever_site_is_asked() {
+    let (a, b, c) = (
+        Site::start("site-a", FAST),
+        Site::start("site-b", FAST),
+        Site::start("site-c", FAST),
+    );
+    mesh(&[&a, &b, &c]).await;
+    create_bucket(&a, "one").await;
+    for i in 0..40 {
+        put_object(&a, "one", &format!("o{i}"), data(20_000, i)).await;
+    }
+    let server = recovery_uuid("site-a", "site-b");
+    let (status, started) = action(&a, &server, "start_failover_test").await;
+    assert_eq!(status, 202, "through A: {started}");
+    let task_uuid = started["task_uuid"].as_str().unwrap().to_owned();
+    let (status, second) = action(&c, &server, "start_failover_test").await;
+    assert_eq!(status, 409, "through C: {second}");
+    let code = second["error"]["code"].as_str().unwrap();
+    assert!(
+        code == "ResourceBusy" || code == "ServerNotReady",
+        "{second}"
+    );
+    let t = task_ends(&c, &task_uuid).await;
+    assert_eq!(
+        t["site_id"], "site-b",
+        "the owner (recovery site) runs it: {t}"
+    );
+    let path = format!("/servers/{server}");
+    let views: Vec<Value> = futures::future::join_all([&a, &b, &c].map(|s| {
+        let path = path.clone();
+        async move { get(s, &path).await.1 }
+    }))
+    .await;
+    for v in &views {
+        assert_eq!(v["status"], "FAILOVER_TEST", "{v}");
+        assert_eq!(v["task_uuid"], task_uuid.as_str(), "{v}");
+        assert_eq!(v["created_at"], views[0]["created_at"], "{v}");
+        assert_ne!(
+            v["rpo"]["status"], "UNKNOWN",
+            "RPO measured from every site: {v}"
+        );
+    }
+    // Busy holds wherever the request arrives: a failback through C, then another through A.
+    let (status, stop) = action(&c, &server, "stop_failover").await;
+    assert_eq!(status, 202, "{stop}");
+    task_ends(&a, stop["task_uuid"].as_str().unwrap()).await;
+    for s in [&a, &b, &c] {
+        assert_eq!(server_status(s, &server).await, "STAND_BY");
+    }
 }

@@ -44,7 +44,27 @@ pub fn routes() -> Router<AppState> {
             "/running-action/{id}",
             get(get_running).delete(cancel_running),
         )
-        .route("/transfer-reports/{id}", get(get_report));
+        .route("/transfer-reports/{id}", get(get_report))
+        // The seed's paths also with a trailing slash.
+        .route(
+            "/replication-definitions/",
+            get(list_definitions).post(create_definition),
+        )
+        .route(
+            "/replication-definition/{name}/",
+            get(get_definition)
+                .put(update_definition)
+                .delete(delete_definition),
+        )
+        .route("/running-actions/", get(list_running).post(run_by_node_ref))
+        .route(
+            "/running-replication-actions/",
+            get(list_running_replications).post(run_by_name),
+        )
+        .route(
+            "/running-action/{id}/",
+            get(get_running).delete(cancel_running),
+        );
     Router::new()
         .nest("/api", api.clone())
         .nest("/alfresco/service/api", api)
@@ -154,6 +174,7 @@ async fn detail(state: &AppState, d: &Definition) -> crate::error::Result<Value>
         .filter(|t| status::ACTIVE.contains(&t.status.as_str()));
     Ok(json!({
         "name": d.name,
+        "nodeRef": crate::meta::tasks::definition_node_ref(&d.id),
         "description": d.description,
         "status": status_of(&task),
         "startedAt": iso(task.as_ref().and_then(|t| t.started)),
@@ -207,7 +228,7 @@ async fn list_definitions(
     let data: Vec<Value> = rows
         .iter()
         .map(|(d, t)| json!({
-            "name": d.name, "status": status_of(t), "startedAt": iso(t.as_ref().and_then(|t| t.started)),
+            "name": d.name, "nodeRef": crate::meta::tasks::definition_node_ref(&d.id), "status": status_of(t), "startedAt": iso(t.as_ref().and_then(|t| t.started)),
             "enabled": d.enabled, "details": format!("/api/replication-definition/{}", d.name),
         }))
         .collect();
@@ -301,6 +322,9 @@ fn parse_request(body: &[u8]) -> crate::error::Result<Request> {
                         .as_str()
                         .or_else(|| i.get("nodeRef").and_then(Value::as_str))
                         .ok_or_else(|| Error::bad_request("payload entries are strings"))?;
+                    if s.starts_with(NODE_REF_PREFIX) {
+                        return Ok(s.to_owned());
+                    }
                     PayloadEntry::parse(s).map(|_| s.to_owned())
                 })
                 .collect::<crate::error::Result<Vec<_>>>()?,
@@ -322,13 +346,44 @@ fn parse_request(body: &[u8]) -> crate::error::Result<Request> {
     })
 }
 
+/// Payload entries in the seed's form, `workspace://SpacesStore/<id>`, name the object whose
+/// id (its CCS id at this site) is `<id>`: they are stored as its `bucket/key`.
+async fn resolve_payload(state: &AppState, r: &mut Request) -> crate::error::Result<()> {
+    let Some(payload) = r.payload.as_mut() else {
+        return Ok(());
+    };
+    for entry in payload.iter_mut() {
+        if let Some(id) = entry.strip_prefix(NODE_REF_PREFIX) {
+            let (bucket, key) = state.meta.object_by_id(id).await?.ok_or_else(|| {
+                Error::bad_request(format!("payload entry {entry:?}: no object with id {id:?}"))
+            })?;
+            *entry = format!("{bucket}/{key}");
+        }
+    }
+    Ok(())
+}
+
+const NODE_REF_PREFIX: &str = "workspace://SpacesStore/";
+
+/// `targetName` must be a site of the topology (not this one, not DELETED).
+async fn check_target(state: &AppState, target: &Option<String>) -> crate::error::Result<()> {
+    match target {
+        Some(t) if !state.topology.is_peer_site(t).await? => Err(Error::bad_request(format!(
+            "Unable to find transfer target {t:?}: targetName must be a site of the topology"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn with_due(mut d: Definition) -> Definition {
     d.next_due = d.schedule.as_ref().and_then(|s| first_due(s, now_ms()));
     d
 }
 
 async fn create_definition(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>> {
-    let r = parse_request(&body)?;
+    let mut r = parse_request(&body)?;
+    resolve_payload(&state, &mut r).await?;
+    check_target(&state, &r.target).await?;
     let name = r
         .name
         .ok_or_else(|| Error::bad_request("name is required"))?;
@@ -375,7 +430,9 @@ async fn update_definition(
     body: Bytes,
 ) -> Result<Json<Value>> {
     let old = find(&state, &name).await?;
-    let r = parse_request(&body)?;
+    let mut r = parse_request(&body)?;
+    resolve_payload(&state, &mut r).await?;
+    check_target(&state, &r.target).await?;
     let d = with_due(Definition {
         name: r.name.unwrap_or_else(|| old.name.clone()),
         description: r.description.unwrap_or_else(|| old.description.clone()),
@@ -564,7 +621,7 @@ async fn cancel_running(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let t = find_task(&state, &id).await?;
-    if !state.meta.request_cancel(&t.uuid).await? {
+    if !state.tasks.cancel(&t.uuid).await? {
         return Err(Error::new(
             Kind::NotFound,
             crate::error::Origin::Client,

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use data_encoding::BASE64URL_NOPAD;
+use futures::StreamExt;
+use http::HeaderMap;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -28,6 +30,8 @@ pub fn routes() -> Router<AppState> {
             "/api/dr/v2/servers/{target}",
             get(get_server).post(server_action),
         )
+        .route("/api/dr/v2/servers/{target}/rpo", get(get_rpo))
+        .route("/api/dr/v2/tasks/{target}", get(get_task).post(task_action))
 }
 
 const DEFAULT_LIMIT: usize = 10;
@@ -64,6 +68,9 @@ impl DrError {
     fn not_ready(m: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "ServerNotReady", m)
     }
+    fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m)
+    }
     fn busy(server: &str, task: &str) -> Self {
         let mut e = Self::new(
             StatusCode::CONFLICT,
@@ -81,6 +88,7 @@ impl From<Error> for DrError {
             Kind::BadRequest => "BadRequest",
             Kind::NotFound => "EntityNotFound",
             Kind::Conflict => "Conflict",
+            Kind::Unavailable => "ServiceUnavailable",
             _ => "InternalError",
         };
         Self::new(e.status(), code, e.message)
@@ -364,8 +372,62 @@ fn issue(server: &str, link: &str, code: &str, message: &str, context: Value) ->
             "error": { "code": code, "context": context, "domain": "DisasterRecovery", "message": message } })
 }
 
-async fn server_json(state: &AppState, s: &Server) -> Result<Value> {
+/// The operator's credential, forwarded with requests to the owner site.
+fn authorization(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Whether the request was forwarded by another site (answer from this site's own state).
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(dr::FORWARDED)
+}
+
+/// A server as its owner site answers it; when the owner cannot be reached, this site's view
+/// with an `OwnerUnreachable` issue (its status may be stale).
+async fn server_view(state: &AppState, s: &Server, headers: &HeaderMap) -> Result<Value> {
+    let owner = s.owner();
+    if owner.is_self || forwarded(headers) {
+        return server_json(state, s, headers).await;
+    }
+    let auth = authorization(headers);
+    let path = format!("/api/dr/v2/servers/{}", s.uuid);
+    let why = match dr::forward(
+        &state.jobs,
+        &owner.topology,
+        reqwest::Method::GET,
+        &path,
+        auth.as_deref(),
+        None,
+    )
+    .await
+    {
+        Ok((200, v)) if v.get("uuid").is_some() => return Ok(v),
+        Ok((code, v)) => format!("the owner site answered {code}: {v}"),
+        Err(e) => e.message,
+    };
+    let mut local = server_json(state, s, headers).await?;
+    if let Some(i) = local["_issues"].as_array_mut() {
+        i.push(json!({ "domain": "DisasterRecovery", "target": s.uuid, "severity": "WARNING",
+        "error": { "code": "OwnerUnreachable", "domain": "DisasterRecovery", "context": { "owner_site": owner.topology.id },
+        "message": format!("The state of this server is kept by site {}, which cannot be reached ({why}); this is the last state known here and actions are refused until it answers.", owner.topology.id) } }));
+    }
+    Ok(local)
+}
+
+async fn server_json(state: &AppState, s: &Server, headers: &HeaderMap) -> Result<Value> {
     let (status, running, stored) = live_state(state, &s.uuid).await?;
+    let created = match stored.created {
+        Some(c) => c,
+        None => state
+            .meta
+            .server_state_or_create(&s.uuid)
+            .await?
+            .created
+            .unwrap_or_else(crate::meta::replication::now_ms),
+    };
     let (mut links, mut issues) = (Vec::new(), Vec::new());
     for (action, rel) in ACTIONS {
         if s.recovery.is_none() {
@@ -396,6 +458,14 @@ async fn server_json(state: &AppState, s: &Server) -> Result<Value> {
             links.push(json!({ "rel": rel, "type": "application/json", "href": format!("{}/api/dr/v2/servers/{}:{action}", state.public_url, s.uuid) }));
         }
     }
+    if stored.test_ok == Some(false) {
+        issues.push(
+            json!({ "domain": "DisasterRecovery", "target": s.uuid, "severity": "ERROR",
+            "error": { "code": "TestFailoverFoundDifferences", "domain": "DisasterRecovery",
+                "context": { "task_uuid": stored.test_task },
+                "message": stored.test_summary.clone().unwrap_or_default() } }),
+        );
+    }
     let primary = &s.primary.topology.id;
     let name = match &s.recovery {
         Some(r) => format!("{primary} on {}", r.topology.id),
@@ -407,7 +477,8 @@ async fn server_json(state: &AppState, s: &Server) -> Result<Value> {
             rec["active_failover"] = json!({ "id": stored.task_uuid });
         }
         if let Some(start) = stored.test_start {
-            rec["test_failover"] = json!({ "last_start": format_time(&from_millis(start)), "last_task_uuid": stored.test_task });
+            rec["test_failover"] = json!({ "last_start": format_time(&from_millis(start)), "last_task_uuid": stored.test_task,
+                "ok": stored.test_ok, "summary": stored.test_summary });
         }
         rec
     });
@@ -419,11 +490,12 @@ async fn server_json(state: &AppState, s: &Server) -> Result<Value> {
             Some(r) => format!("The copy of site {primary} held by site {}", r.topology.id),
             None => format!("Site {primary}"),
         },
-        "created_at": Value::Null,
+        "created_at": format_time(&from_millis(created)),
+        "owner_site": s.owner().topology.id,
         "type": s.kind(),
         "status": status,
         "task_uuid": running.or(stored.task_uuid),
-        "rpo": dr::rpo(&state.jobs, s).await?,
+        "rpo": dr::rpo_anywhere(&state.jobs, s, authorization(headers).as_deref()).await?,
         "recovery": recovery,
         "_links": links,
         "_issues": issues,
@@ -450,6 +522,7 @@ fn check_filters(req: &PageRequest) -> Result<()> {
 
 async fn list_servers(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>> {
     let req = page_request(query_pairs(&raw)?, &["type", "recovery.resource_id"])?;
@@ -468,10 +541,16 @@ async fn list_servers(
         })
         .collect();
     let (page, paging) = paginate(servers, |s| s.uuid.as_str(), &req);
-    let mut items = Vec::new();
-    for s in &page {
-        items.push(server_json(&state, s).await?);
-    }
+    let views: Vec<_> = page
+        .iter()
+        .map(|s| server_view(&state, s, &headers))
+        .collect();
+    let items: Vec<Value> = futures::stream::iter(views)
+        .buffered(8)
+        .collect::<Vec<Result<Value>>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
     Ok(Json(json!({ "items": items, "paging": paging })))
 }
 
@@ -483,16 +562,137 @@ async fn find(state: &AppState, uuid: &str) -> Result<Server> {
 
 async fn get_server(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> Result<Json<Value>> {
     let s = find(&state, &uuid).await?;
-    Ok(Json(server_json(&state, &s).await?))
+    Ok(Json(server_view(&state, &s, &headers).await?))
+}
+
+/// `GET /servers/{uuid}/rpo` (a mirrorgate addition): the RPO as this site measures it; the
+/// primary site's answer is the real one, which the other sites ask for.
+async fn get_rpo(State(state): State<AppState>, Path(uuid): Path<String>) -> Result<Json<Value>> {
+    let s = find(&state, &uuid).await?;
+    Ok(Json(dr::rpo(&state.jobs, &s).await?))
+}
+
+// ---- tasks -------------------------------------------------------------------------------
+
+/// A DR task as the seed's clients read it (a mirrorgate addition: the seed has only task_uuid).
+fn task_json(state: &AppState, t: &crate::meta::tasks::Task) -> Value {
+    let time = |ms: Option<i64>| ms.map(|m| format_time(&from_millis(m)));
+    json!({
+        "uuid": t.uuid,
+        "type": t.kind,
+        "status": t.status,
+        "site_id": state.site_id,
+        "resource_id": t.params.get("server"),
+        "created_at": format_time(&from_millis(t.created)),
+        "started_at": time(t.started),
+        "completed_at": time(t.ended),
+        "cancel_requested": t.cancel_requested,
+        "progress": { "objects_done": t.objects_done, "objects_total": t.objects_total,
+                      "bytes_done": t.bytes_done, "bytes_total": t.bytes_total },
+        "error": t.failure.as_ref().map(|m| json!({ "message": m })),
+        "result": t.result,
+    })
+}
+
+fn is_dr_kind(kind: &str) -> bool {
+    matches!(kind, TEST_KIND | PROD_KIND | STOP_KIND)
+}
+
+/// A DR task here, else at the first peer that knows it (tasks run on the owner site).
+async fn locate_task(
+    state: &AppState,
+    uuid: &str,
+    headers: &HeaderMap,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<(u16, Value)> {
+    if forwarded(headers) {
+        return Err(DrError::not_found(format!("Task [{uuid}] was not found.")));
+    }
+    let auth = authorization(headers);
+    for peer in state.topology.up_peers().await?.iter() {
+        if let Ok((code, v)) = dr::forward(
+            &state.jobs,
+            peer,
+            method.clone(),
+            path,
+            auth.as_deref(),
+            None,
+        )
+        .await
+        {
+            if code != 404 {
+                return Ok((code, v));
+            }
+        }
+    }
+    Err(DrError::not_found(format!("Task [{uuid}] was not found.")))
+}
+
+/// `GET /tasks/{uuid}`: a DR task, readable with the DR scopes, from whichever site runs it.
+async fn get_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+) -> Result<Response> {
+    if let Some(t) = state
+        .meta
+        .get_task(&uuid)
+        .await?
+        .filter(|t| is_dr_kind(&t.kind))
+    {
+        return Ok(Json(task_json(&state, &t)).into_response());
+    }
+    let path = format!("/api/dr/v2/tasks/{uuid}");
+    let (code, v) = locate_task(&state, &uuid, &headers, reqwest::Method::GET, &path).await?;
+    Ok((
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+        Json(v),
+    )
+        .into_response())
+}
+
+/// `POST /tasks/{uuid}:cancel`: asks a DR task to stop; the server returns to a stable status.
+async fn task_action(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(target): Path<String>,
+) -> Result<Response> {
+    let Some((uuid, "cancel")) = target.split_once(':') else {
+        return Err(DrError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "POST needs an action: {uuid}:cancel",
+        ));
+    };
+    if let Some(t) = state
+        .meta
+        .get_task(uuid)
+        .await?
+        .filter(|t| is_dr_kind(&t.kind))
+    {
+        state.tasks.cancel(&t.uuid).await?;
+        let t = state.meta.get_task(uuid).await?.unwrap_or(t);
+        return Ok((StatusCode::ACCEPTED, Json(task_json(&state, &t))).into_response());
+    }
+    let path = format!("/api/dr/v2/tasks/{uuid}:cancel");
+    let (code, v) = locate_task(&state, uuid, &headers, reqwest::Method::POST, &path).await?;
+    Ok((
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+        Json(v),
+    )
+        .into_response())
 }
 
 /// `POST /servers/{uuid}:{action}`: checks, moves the server to its transitional status with
 /// the task recorded (compare-and-set, so two requests cannot both start), then starts the task.
 async fn server_action(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(target): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
@@ -509,6 +709,29 @@ async fn server_action(
         return Err(DrError::not_ready(
             "A primary server does not fail over: use one of its recovery servers.",
         ));
+    }
+    // One owner per server: the action runs there, whichever site the request reached.
+    let owner = server.owner();
+    if !owner.is_self {
+        if forwarded(&headers) {
+            return Err(DrError::unavailable(format!(
+                "site {} is not the owner of server {uuid} (site {} is): the sites disagree on the topology",
+                state.site_id, owner.topology.id
+            )));
+        }
+        let path = format!("/api/dr/v2/servers/{target}");
+        let auth = authorization(&headers);
+        let (code, v) = dr::forward(&state.jobs, &owner.topology, reqwest::Method::POST, &path, auth.as_deref(), Some(body))
+            .await
+            .map_err(|e| DrError::unavailable(format!(
+                "the state of server {uuid} is kept by site {}, which cannot be reached: {}; no action is taken elsewhere, so that two sites cannot fail it over at once",
+                owner.topology.id, e.message
+            )))?;
+        return Ok((
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+            Json(v),
+        )
+            .into_response());
     }
     let (current, running, _) = live_state(&state, uuid).await?;
     if let Some(task) = running {

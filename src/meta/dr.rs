@@ -13,6 +13,22 @@ pub struct ServerState {
     pub task_uuid: Option<String>,
     pub test_start: Option<i64>,
     pub test_task: Option<String>,
+    /// When this site first answered for the server.
+    pub created: Option<i64>,
+    /// When the running (or last) production failover started.
+    pub failover_start: Option<i64>,
+    /// Whether the last test failover found every copy good, and what it found otherwise.
+    pub test_ok: Option<bool>,
+    pub test_summary: Option<String>,
+}
+
+/// An object written at this site (or replicated to it) since a time.
+#[derive(Debug, Clone)]
+pub struct WrittenItem {
+    pub bucket: String,
+    pub name: String,
+    pub hash: String,
+    pub client_id: String,
 }
 
 /// One READY object of this site, with its bucket's owner.
@@ -29,7 +45,8 @@ pub struct InventoryItem {
 impl MetaStore {
     pub async fn server_state(&self, uuid: &str) -> Result<ServerState> {
         let row = sqlx::query(
-            "SELECT status, task_uuid, test_start, test_task FROM dr_servers WHERE uuid = $1",
+            "SELECT status, task_uuid, test_start, test_task, created, failover_start, test_ok, test_summary
+             FROM dr_servers WHERE uuid = $1",
         )
         .bind(uuid)
         .fetch_optional(self.pool())
@@ -40,8 +57,105 @@ impl MetaStore {
                 task_uuid: r.get(1),
                 test_start: r.get(2),
                 test_task: r.get(3),
+                created: r.get(4),
+                failover_start: r.get(5),
+                test_ok: r.get::<Option<i64>, _>(6).map(|v| v != 0),
+                test_summary: r.get(7),
             })
             .unwrap_or_default())
+    }
+
+    /// The server's state, its row created (STAND_BY, `created` = now) the first time it is
+    /// read, so `created_at` stays the same afterwards.
+    pub async fn server_state_or_create(&self, uuid: &str) -> Result<ServerState> {
+        sqlx::query(
+            "INSERT INTO dr_servers (uuid, status, updated, created) VALUES ($1, 'STAND_BY', $2, $2)
+             ON CONFLICT (uuid) DO UPDATE SET created = COALESCE(dr_servers.created, excluded.created)
+             WHERE dr_servers.created IS NULL",
+        )
+        .bind(uuid)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        self.server_state(uuid).await
+    }
+
+    /// Records when a production failover started (what failback must prove delivered).
+    pub async fn record_failover_start(&self, uuid: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE dr_servers SET failover_start = $1 WHERE uuid = $2")
+            .bind(at)
+            .bind(uuid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the outcome of a test failover.
+    pub async fn record_test_outcome(&self, uuid: &str, ok: bool, summary: &str) -> Result<()> {
+        sqlx::query("UPDATE dr_servers SET test_ok = $1, test_summary = $2 WHERE uuid = $3")
+            .bind(ok as i64)
+            .bind(summary)
+            .bind(uuid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Puts a server back to `to` if it is still in `from` because of `task` (a task that
+    /// ended without finishing: cancelled while waiting, or interrupted).
+    pub async fn roll_back_server(
+        &self,
+        uuid: &str,
+        task: &str,
+        from: &[&str],
+        to: &str,
+    ) -> Result<bool> {
+        let list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let done = sqlx::query(&format!(
+            "UPDATE dr_servers SET status = $1, updated = $2 WHERE uuid = $3 AND task_uuid = $4 AND status IN ({list})"
+        ))
+        .bind(to)
+        .bind(now_ms())
+        .bind(uuid)
+        .bind(task)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// One page of the READY objects of this site created (written or replicated here) at or
+    /// after `since_ms`, in (bucket, name) order after the given one.
+    pub async fn written_since(
+        &self,
+        since_ms: i64,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<WrittenItem>> {
+        let (b, n) = after.unwrap_or(("", ""));
+        let rows = sqlx::query(
+            "SELECT o.bucket, o.name, o.hash, b.client_id FROM objects o JOIN buckets b ON b.name = o.bucket
+             WHERE o.status = 'READY' AND o.creation >= $1 AND (o.bucket > $2 OR (o.bucket = $2 AND o.name > $3))
+             ORDER BY o.bucket, o.name LIMIT $4",
+        )
+        .bind(since_ms)
+        .bind(b)
+        .bind(n)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WrittenItem {
+                bucket: r.get(0),
+                name: r.get(1),
+                hash: r.get::<Option<String>, _>(2).unwrap_or_default(),
+                client_id: r.get(3),
+            })
+            .collect())
     }
 
     /// Moves a server to `to` if its status is one of `from` (absent counts as STAND_BY).
@@ -63,7 +177,7 @@ impl MetaStore {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO dr_servers (uuid, status, task_uuid, updated) VALUES ($1,$2,$3,$4)
+            "INSERT INTO dr_servers (uuid, status, task_uuid, updated, created) VALUES ($1,$2,$3,$4,$4)
              ON CONFLICT (uuid) DO UPDATE SET status = excluded.status,
              task_uuid = COALESCE(excluded.task_uuid, dr_servers.task_uuid), updated = excluded.updated",
         )

@@ -475,6 +475,41 @@ impl MetaStore {
         Ok(Some((header, entries)))
     }
 
+    /// The (bucket, name) of the object with this id (a payload nodeRef).
+    pub async fn object_by_id(&self, id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT bucket, name FROM objects WHERE id = $1 LIMIT 1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Withdraws orders a cancelled run queued and has not sent yet; answers how many.
+    pub async fn withdraw_queued_orders(&self, op_ids: &[String], to_site: &str) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut n = 0;
+        for op in op_ids {
+            let row = sqlx::query(
+                "DELETE FROM outbox WHERE op_id = $1 AND to_site = $2 AND state = 'QUEUED' RETURNING bucket, object",
+            )
+            .bind(op)
+            .bind(to_site)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = row {
+                n += 1;
+                sqlx::query("DELETE FROM replication_status WHERE bucket = $1 AND object = $2 AND site = $3 AND status = 'PENDING'")
+                    .bind(r.get::<String, _>(0))
+                    .bind(r.get::<Option<String>, _>(1))
+                    .bind(to_site)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// (count, bytes) of the READY objects under a prefix.
     pub async fn prefix_totals(&self, bucket: &str, prefix: &str) -> Result<(i64, i64)> {
         let row = sqlx::query(

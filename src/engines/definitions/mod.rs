@@ -13,6 +13,22 @@ use crate::model::names::{check_bucket, check_object};
 /// Task type of a definition run (Alfresco's action type).
 pub const RUN_KIND: &str = "replicationActionExecutor";
 
+/// Registers the run executor with its own slots (`[tasks] limits.<kind>`, else
+/// `[tasks] max_concurrent`).
+pub fn register(jobs: &crate::engines::tasks::JobContext) {
+    let tasks = &jobs.config.tasks;
+    let limit = tasks
+        .limits
+        .get(RUN_KIND)
+        .copied()
+        .unwrap_or(tasks.max_concurrent);
+    jobs.tasks.register(
+        RUN_KIND,
+        std::sync::Arc::new(run::DefinitionRun(jobs.clone())),
+        limit,
+    );
+}
+
 /// One payload entry: `bucket/key` or `bucket/prefix/` (a folder).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PayloadEntry {

@@ -47,6 +47,7 @@ struct Run<'a> {
     remote_report: String,
     owners: HashMap<String, String>,
     tally: Tally,
+    withdrawn: u64,
 }
 
 #[async_trait]
@@ -87,6 +88,7 @@ impl Executor for DefinitionRun {
             remote_report,
             owners: HashMap::new(),
             tally: Tally::default(),
+            withdrawn: 0,
         };
         let cancelled = run.execute().await?;
         let result = run.result();
@@ -108,6 +110,7 @@ impl Run<'_> {
             "skipped": self.tally.skipped,
             "failed": self.tally.failed,
             "bytesSent": self.tally.bytes_sent,
+            "ordersWithdrawn": self.withdrawn,
             "target": self.target.id,
             "transferLocalReport": self.local_report,
             "transferRemoteReport": self.remote_report,
@@ -241,7 +244,18 @@ impl Run<'_> {
         let orders: Vec<Order> = to_send.iter().map(|o| self.order_for(o, &owner)).collect();
         self.state.meta.queue_orders(&orders).await?;
         self.state.site.queued(&orders);
-        self.await_outcomes(to_send).await
+        let op_ids: Vec<String> = orders.iter().map(|o| o.op_id.clone()).collect();
+        let cancelled = self.await_outcomes(to_send).await?;
+        if cancelled {
+            // Cancelling withdraws what this run queued and has not sent.
+            let n = self
+                .state
+                .meta
+                .withdraw_queued_orders(&op_ids, &self.target.id)
+                .await?;
+            self.withdrawn += n;
+        }
+        Ok(cancelled)
     }
 
     fn order_for(&self, o: &Object, owner: &str) -> Order {

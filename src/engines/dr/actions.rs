@@ -14,7 +14,8 @@ use crate::engines::tasks::JobContext;
 use crate::engines::tasks::{Executor, RunEnd, TaskHandle};
 use crate::engines::topology::SCOPE_ADMIN;
 use crate::error::{Error, Kind, Result};
-use crate::meta::dr::InventoryItem;
+use crate::meta::dr::{InventoryItem, WrittenItem};
+use crate::meta::tasks::Task;
 use crate::meta::{Topology, TopologyStatus};
 
 pub const TEST_KIND: &str = "drStartFailoverTest";
@@ -26,18 +27,63 @@ const VERIFY_IN_FLIGHT: usize = 4;
 const INVENTORY_PAGE: usize = 500;
 /// Differences listed in a test report (all are counted).
 const LISTED: usize = 1000;
-const FAILBACK_POLL: Duration = Duration::from_millis(250);
 
+const FAILBACK_POLL: Duration = Duration::from_millis(500);
+/// Objects verified at the primary at once during a failback.
+const FAILBACK_IN_FLIGHT: usize = 8;
+/// Clock margin: objects created this long before the failover started are verified too.
+const FAILBACK_MARGIN_MS: i64 = 60_000;
+
+/// Registers the three DR executors, each kind with its own slots (`[dr] max_concurrent_tasks`,
+/// or `[tasks] limits.<kind>`), apart from definition runs.
 pub fn register(state: &JobContext) {
-    state
-        .tasks
-        .register(TEST_KIND, Arc::new(TestFailover(state.clone())));
-    state
-        .tasks
-        .register(PROD_KIND, Arc::new(ProdFailover(state.clone())));
-    state
-        .tasks
-        .register(STOP_KIND, Arc::new(StopFailover(state.clone())));
+    let limit = |kind: &str| {
+        state
+            .config
+            .tasks
+            .limits
+            .get(kind)
+            .copied()
+            .unwrap_or(state.config.dr.max_concurrent_tasks)
+    };
+    state.tasks.register(
+        TEST_KIND,
+        Arc::new(TestFailover(state.clone())),
+        limit(TEST_KIND),
+    );
+    state.tasks.register(
+        PROD_KIND,
+        Arc::new(ProdFailover(state.clone())),
+        limit(PROD_KIND),
+    );
+    state.tasks.register(
+        STOP_KIND,
+        Arc::new(StopFailover(state.clone())),
+        limit(STOP_KIND),
+    );
+}
+
+/// A DR task that ended without its executor (cancelled while Pending, interrupted by a
+/// crash): its server leaves the transitional status for the stable one it came from.
+async fn roll_back(state: &JobContext, task: &Task) -> Result<()> {
+    let uuid = task.params["server"].as_str().unwrap_or_default();
+    let from = task.params["from"]
+        .as_str()
+        .unwrap_or(status::STAND_BY)
+        .to_owned();
+    let transitional = [
+        status::STARTING_FAILOVER_PROD,
+        status::STARTING_FAILOVER_TEST,
+        status::STOPPING_FAILOVER,
+    ];
+    if state
+        .meta
+        .roll_back_server(uuid, &task.uuid, &transitional, &from)
+        .await?
+    {
+        tracing::info!(server = %uuid, task = %task.uuid, "DR task abandoned: server back to {from}");
+    }
+    Ok(())
 }
 
 async fn server_of(state: &JobContext, task: &TaskHandle) -> Result<Server> {
@@ -100,10 +146,25 @@ impl Executor for TestFailover {
                 return Ok(RunEnd::Cancelled(report));
             }
             state.meta.record_test(&uuid, &task.uuid).await?;
+            let ok = report["ok"].as_bool().unwrap_or(false);
+            let summary = format!(
+                "the test failover found {} missing, {} corrupt and {} different copies of {}'s objects at {} ({} checked)",
+                report["missingCount"], report["corruptCount"], report["differentCount"],
+                server.primary.topology.id, recovery.topology.id, report["objectsChecked"]
+            );
+            state.meta.record_test_outcome(&uuid, ok, &summary).await?;
             settle(&state, &uuid, status::FAILOVER_TEST).await?;
-            Ok(RunEnd::Completed(report))
+            if ok {
+                Ok(RunEnd::Completed(report))
+            } else {
+                Ok(RunEnd::Failed(report, summary))
+            }
         })
         .await
+    }
+
+    async fn abandoned(&self, task: &Task) -> Result<()> {
+        roll_back(&self.0, task).await
     }
 }
 
@@ -328,11 +389,16 @@ impl Executor for ProdFailover {
         let server = server_of(&state, &task).await?;
         let uuid = server.uuid.clone();
         guarded(&state, &uuid, status::STAND_BY, async {
+            state.meta.record_failover_start(&uuid, crate::meta::replication::now_ms()).await?;
             let told = set_primary_status(&state, &server.primary.topology, TopologyStatus::Down).await?;
             settle(&state, &uuid, status::FAILOVER_PROD).await?;
             Ok(RunEnd::Completed(json!({ "primary": server.primary.topology.id, "primaryStatus": "DOWN", "sitesInformed": told })))
         })
         .await
+    }
+
+    async fn abandoned(&self, task: &Task) -> Result<()> {
+        roll_back(&self.0, task).await
     }
 }
 
@@ -352,41 +418,230 @@ impl Executor for StopFailover {
             settle(&state, &uuid, status::STAND_BY).await?;
             return Ok(RunEnd::Completed(json!({ "ended": "test failover" })));
         }
-        guarded(&state, &uuid, status::FAILOVER_PROD, async {
-            let primary = &server.primary.topology;
-            let told = set_primary_status(&state, primary, TopologyStatus::Up).await?;
+        let primary = server.primary.topology.clone();
+        let outcome = async {
+            let told = set_primary_status(&state, &primary, TopologyStatus::Up).await?;
             state.site.hooks().orders_queued();
-            let (pending, _) = state.meta.pending_totals(Some(&primary.id)).await?;
-            task.set_totals(pending.count, pending.bytes).await?;
-            let cancelled = wait_for_failback(&state, &task, &primary.id, pending.count).await?;
-            settle(&state, &uuid, status::STAND_BY).await?;
-            let result = json!({ "primary": primary.id, "primaryStatus": "UP", "sitesInformed": told, "converged": !cancelled });
-            Ok(if cancelled { RunEnd::Cancelled(result) } else { RunEnd::Completed(result) })
-        })
-        .await
+            let since = state
+                .meta
+                .server_state(&uuid)
+                .await?
+                .failover_start
+                .map(|t| t - FAILBACK_MARGIN_MS)
+                .unwrap_or(0);
+            let proof = prove_failback(&state, &task, &primary, since).await;
+            Ok::<_, Error>((told, proof))
+        }
+        .await;
+        let (told, proof) = match outcome {
+            Ok((told, Ok(proof))) => (told, proof),
+            Ok((_, Err(e))) | Err(e) => {
+                // Traffic stays at the recovery site: the primary is DOWN again everywhere.
+                let _ = set_primary_status(&state, &primary, TopologyStatus::Down).await;
+                settle(&state, &uuid, status::FAILOVER_PROD).await?;
+                return Err(e);
+            }
+        };
+        let mut result = json!({
+            "primary": primary.id, "sitesInformed": told,
+            "objectsVerified": proof.verified, "objectsUnverified": proof.unverified,
+            "pendingOrders": proof.pending, "failedOperationsRetried": proof.retried,
+            "converged": !proof.cancelled,
+        });
+        if proof.cancelled {
+            let _ = set_primary_status(&state, &primary, TopologyStatus::Down).await;
+            settle(&state, &uuid, status::FAILOVER_PROD).await?;
+            result["primaryStatus"] = json!("DOWN");
+            return Ok(RunEnd::Cancelled(result));
+        }
+        result["primaryStatus"] = json!("UP");
+        settle(&state, &uuid, status::STAND_BY).await?;
+        Ok(RunEnd::Completed(result))
+    }
+
+    async fn abandoned(&self, task: &Task) -> Result<()> {
+        roll_back(&self.0, task).await
     }
 }
 
-/// Waits until this site owes the primary nothing; progress is the orders delivered.
-async fn wait_for_failback(
+/// Where a failback stands.
+#[derive(Default)]
+struct Proof {
+    verified: u64,
+    unverified: u64,
+    pending: i64,
+    retried: u64,
+    cancelled: bool,
+}
+
+/// Waits until the primary holds, stored and verified, every object this site holds that was
+/// written since the failover started (`since`), this site owes it no order, and no failed
+/// operation towards it is left (they are retried, as Backbeat's retry does). Progress is the
+/// objects verified at the primary. Ends early on cancel; fails after `[dr]
+/// failback_deadline_secs` (when set) with what is still missing.
+async fn prove_failback(
     state: &JobContext,
     task: &TaskHandle,
-    primary: &str,
-    total: i64,
-) -> Result<bool> {
-    let mut reported = 0;
+    primary: &Topology,
+    since: i64,
+) -> Result<Proof> {
+    let deadline_secs = state.config.dr.failback_deadline_secs;
+    let deadline =
+        (deadline_secs > 0).then(|| std::time::Instant::now() + Duration::from_secs(deadline_secs));
+    // (bucket, name) -> the hash verified at the primary.
+    let mut verified: std::collections::HashMap<(String, String), String> = Default::default();
+    let (mut reported, mut retried) = (0i64, 0u64);
     loop {
-        let (pending, _) = state.meta.pending_totals(Some(primary)).await?;
-        let delivered = (total - pending.count).max(0);
-        let cancel = task.progress(delivered - reported, 0).await?;
-        reported = delivered.max(reported);
-        if pending.count == 0 {
-            return Ok(false);
+        retried += retry_failed_for(state, &primary.id).await?;
+        let (pending, _) = state.meta.pending_totals(Some(&primary.id)).await?;
+        let written = written_since(state, since).await?;
+        let todo: Vec<_> = written
+            .iter()
+            .filter(|w| verified.get(&(w.bucket.clone(), w.name.clone())) != Some(&w.hash))
+            .collect();
+        let checks: Vec<_> = todo.iter().map(|w| held_at(state, primary, w)).collect();
+        let held: Vec<bool> = stream::iter(checks)
+            .buffered(FAILBACK_IN_FLIGHT)
+            .collect()
+            .await;
+        for (w, ok) in todo.iter().zip(held) {
+            if ok {
+                verified.insert((w.bucket.clone(), w.name.clone()), w.hash.clone());
+            }
+        }
+        let done = written
+            .iter()
+            .filter(|w| verified.get(&(w.bucket.clone(), w.name.clone())) == Some(&w.hash))
+            .count() as i64;
+        task.set_totals(written.len() as i64 + pending.count, 0)
+            .await?;
+        let cancel = task.progress(done - reported, 0).await?;
+        reported = done;
+        let proof = Proof {
+            verified: done as u64,
+            unverified: (written.len() as i64 - done) as u64,
+            pending: pending.count,
+            retried,
+            cancelled: cancel,
+        };
+        let failed_left = state
+            .meta
+            .list_failed(&state.site_id, &primary.id, None, 1)
+            .await?
+            .0
+            .len();
+        if proof.unverified == 0 && pending.count == 0 && failed_left == 0 {
+            return Ok(proof);
         }
         if cancel {
-            return Ok(true);
+            return Ok(proof);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(Error::upstream(
+                Kind::BadGateway,
+                format!(
+                    "failback not proven after {deadline_secs} s: site {} does not hold {} of the {} objects written during the failover, and {} orders to it are still pending (is it reachable?)",
+                    primary.id, proof.unverified, written.len(), pending.count
+                ),
+            ));
         }
         tokio::time::sleep(FAILBACK_POLL).await;
+    }
+}
+
+/// Every object this site holds that was created at or after `since`.
+async fn written_since(state: &JobContext, since: i64) -> Result<Vec<WrittenItem>> {
+    let mut out = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = state
+            .meta
+            .written_since(
+                since,
+                after.as_ref().map(|(b, n)| (b.as_str(), n.as_str())),
+                INVENTORY_PAGE as i64,
+            )
+            .await?;
+        let full = page.len() == INVENTORY_PAGE;
+        if let Some(last) = page.last() {
+            after = Some((last.bucket.clone(), last.name.clone()));
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// Queues again every failed operation towards `site` (what Backbeat's retry does); answers
+/// how many.
+async fn retry_failed_for(state: &JobContext, site: &str) -> Result<u64> {
+    let mut n = 0;
+    loop {
+        let (page, _) = state
+            .meta
+            .list_failed(&state.site_id, site, None, 100)
+            .await?;
+        if page.is_empty() {
+            break;
+        }
+        let before = n;
+        for op in &page {
+            let key = op.order.object_name.clone().unwrap_or_default();
+            if state
+                .meta
+                .retry_failed(
+                    &state.site_id,
+                    &op.order.bucket_name,
+                    &key,
+                    &op.version_id,
+                    site,
+                )
+                .await?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        if n == before {
+            break;
+        }
+    }
+    if n > 0 {
+        tracing::info!(
+            site,
+            retried = n,
+            "failback: failed operations queued again"
+        );
+        state.site.hooks().orders_queued();
+    }
+    Ok(n)
+}
+
+/// Whether the primary holds the object with the same hash (its own store: HEAD on the
+/// remote route; the hash it reports is the one it verified while storing).
+async fn held_at(state: &JobContext, primary: &Topology, w: &WrittenItem) -> bool {
+    let url = format!(
+        "{}/replicator/remote/buckets/{}/{}",
+        primary.uri.trim_end_matches('/'),
+        w.bucket,
+        w.name
+    );
+    match state
+        .topology
+        .peer_request(Method::HEAD, &url)
+        .header(CLIENT_ID, &w.client_id)
+        .timeout(state.topology.peer_timeout())
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 204 => {
+            r.headers()
+                .get("x-clonecloudstore-hash")
+                .and_then(|v| v.to_str().ok())
+                == Some(w.hash.as_str())
+        }
+        _ => false,
     }
 }
 

@@ -71,6 +71,59 @@ impl Server {
     pub fn site(&self) -> &DrSite {
         self.recovery.as_ref().unwrap_or(&self.primary)
     }
+
+    /// The site that owns the server's DR state (status, running task, failover and test
+    /// records) and runs its actions: the hosting site, i.e. the recovery site of a pair (the
+    /// site that must be alive when the primary is not). Every other site forwards actions to
+    /// it and reads the state from it.
+    pub fn owner(&self) -> &DrSite {
+        self.site()
+    }
+}
+
+/// Header marking a DR request forwarded by another site: the receiver answers from its own
+/// state and never forwards it again.
+pub const FORWARDED: &str = "x-mirrorgate-dr-forwarded";
+
+/// A DR API request forwarded to another site on behalf of the operator, whose own credential
+/// (`authorization`) goes with it. Answers the status and JSON body, or an error when the site
+/// cannot be reached.
+pub async fn forward(
+    state: &JobContext,
+    site: &Topology,
+    method: reqwest::Method,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<bytes::Bytes>,
+) -> Result<(u16, serde_json::Value)> {
+    let url = format!("{}{path}", site.uri.trim_end_matches('/'));
+    let mut request = state
+        .topology
+        .forward_request(method, url)
+        .header(FORWARDED, state.site_id.as_str())
+        .timeout(
+            state
+                .topology
+                .peer_timeout()
+                .max(std::time::Duration::from_secs(10)),
+        );
+    if let Some(a) = authorization {
+        request = request.header(reqwest::header::AUTHORIZATION, a);
+    }
+    if let Some(b) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b);
+    }
+    let resp = request.send().await.map_err(|e| {
+        crate::error::Error::upstream(
+            crate::error::Kind::Unavailable,
+            format!("site {} is unreachable: {e}", site.id),
+        )
+    })?;
+    let status = resp.status().as_u16();
+    let value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, value))
 }
 
 /// This site and every peer (deleted ones only when asked).
@@ -121,6 +174,39 @@ pub async fn servers(state: &JobContext) -> Result<Vec<Server>> {
 
 pub async fn find_server(state: &JobContext, uuid: &str) -> Result<Option<Server>> {
     Ok(servers(state).await?.into_iter().find(|s| s.uuid == uuid))
+}
+
+/// RPO of a RECOVERY server measured from any site: on the primary itself from its outbox,
+/// elsewhere by asking the primary (`GET /api/dr/v2/servers/{uuid}/rpo`, the operator's
+/// credential forwarded). A primary that cannot be asked: UNKNOWN, saying why.
+pub async fn rpo_anywhere(
+    state: &JobContext,
+    server: &Server,
+    authorization: Option<&str>,
+) -> Result<serde_json::Value> {
+    if server.recovery.is_none() || server.primary.is_self {
+        return rpo(state, server).await;
+    }
+    let threshold = state.config.dr.rpo_threshold_seconds;
+    let path = format!("/api/dr/v2/servers/{}/rpo", server.uuid);
+    let why = match forward(
+        state,
+        &server.primary.topology,
+        reqwest::Method::GET,
+        &path,
+        authorization,
+        None,
+    )
+    .await
+    {
+        Ok((200, v)) if v.get("status").is_some() => return Ok(v),
+        Ok((code, _)) => format!("the primary site answered {code}"),
+        Err(e) => e.message,
+    };
+    Ok(
+        serde_json::json!({ "status": "UNKNOWN", "threshold_seconds": threshold,
+        "detail": format!("the RPO is measured on the primary site {}: {why}", server.primary.topology.id) }),
+    )
 }
 
 /// RPO of a RECOVERY server: the lag and its status against the threshold. Known where the

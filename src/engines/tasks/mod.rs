@@ -26,15 +26,24 @@ pub struct JobContext {
 
 crate::deref_to_site!(JobContext);
 
-/// How a run ended when it did not fail.
+/// How a run ended: completed, cancelled, or failed with a result worth keeping (what a test
+/// failover found) and the reason.
 pub enum RunEnd {
     Completed(serde_json::Value),
     Cancelled(serde_json::Value),
+    Failed(serde_json::Value, String),
 }
 
 #[async_trait]
 pub trait Executor: Send + Sync {
     async fn run(&self, task: TaskHandle) -> Result<RunEnd>;
+
+    /// The task ended without its executor finishing it: cancelled while Pending, or found
+    /// Running after a crash. Undo what its submission set up (a DR server's transitional
+    /// status). Nothing by default.
+    async fn abandoned(&self, _task: &Task) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What an executor holds of its task: its parameters and the progress channel.
@@ -65,39 +74,75 @@ impl TaskHandle {
     }
 }
 
-/// Tasks running at once; the others wait Pending.
-const MAX_CONCURRENT_TASKS: usize = 4;
+/// Tasks of one kind running at once when nothing else is said; the others wait Pending.
+pub const DEFAULT_CONCURRENT_TASKS: usize = 4;
+
+/// A registered task kind: its executor and its own slots (kinds never wait on each other's:
+/// a burst of definition runs does not hold a failover back).
+#[derive(Clone)]
+struct Kind {
+    executor: Arc<dyn Executor>,
+    slots: Arc<Semaphore>,
+}
 
 pub struct TaskEngine {
     meta: MetaStore,
-    executors: RwLock<HashMap<String, Arc<dyn Executor>>>,
-    slots: Arc<Semaphore>,
+    kinds: RwLock<HashMap<String, Kind>>,
 }
 
 impl TaskEngine {
     pub fn new(meta: MetaStore) -> Self {
         Self {
             meta,
-            executors: RwLock::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_TASKS)),
+            kinds: RwLock::new(HashMap::new()),
         }
     }
 }
 
 impl TaskEngine {
-    pub fn register(&self, kind: &str, executor: Arc<dyn Executor>) {
-        self.executors
-            .write()
-            .expect("executors lock")
-            .insert(kind.to_owned(), executor);
+    /// Registers the executor of `kind` with `limit` slots of its own (at least one).
+    pub fn register(&self, kind: &str, executor: Arc<dyn Executor>, limit: usize) {
+        self.kinds.write().expect("executors lock").insert(
+            kind.to_owned(),
+            Kind {
+                executor,
+                slots: Arc::new(Semaphore::new(limit.max(1))),
+            },
+        );
     }
 
-    fn executor(&self, kind: &str) -> Option<Arc<dyn Executor>> {
-        self.executors
+    fn kind(&self, kind: &str) -> Option<Kind> {
+        self.kinds
             .read()
             .expect("executors lock")
             .get(kind)
             .cloned()
+    }
+
+    fn executor(&self, kind: &str) -> Option<Arc<dyn Executor>> {
+        self.kind(kind).map(|k| k.executor)
+    }
+
+    /// Slots free for `kind` now (None: unknown kind).
+    pub fn free_slots(&self, kind: &str) -> Option<usize> {
+        self.kind(kind).map(|k| k.slots.available_permits())
+    }
+
+    /// Asks a task to stop. A Pending one ends Cancelled at once, and its executor undoes what
+    /// its submission set up; a Running one stops at its next check. Answers whether the task
+    /// was still active.
+    pub async fn cancel(&self, uuid: &str) -> Result<bool> {
+        if !self.meta.request_cancel(uuid).await? {
+            return Ok(false);
+        }
+        if let Some(task) = self.meta.get_task(uuid).await? {
+            if task.status == status::CANCELLED {
+                if let Some(executor) = self.executor(&task.kind) {
+                    executor.abandoned(&task).await?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Creates a task and starts it as soon as a slot is free.
@@ -121,11 +166,11 @@ impl TaskEngine {
 
     /// Runs an existing Pending task in the background.
     pub fn start(&self, task: Task) {
-        let Some(executor) = self.executor(&task.kind) else {
+        let Some(Kind { executor, slots }) = self.kind(&task.kind) else {
             tracing::error!(task = %task.uuid, kind = %task.kind, "no executor for task type");
             return;
         };
-        let (meta, slots) = (self.meta.clone(), self.slots.clone());
+        let meta = self.meta.clone();
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
@@ -144,6 +189,7 @@ impl TaskEngine {
                         .transition_task(&task.uuid, &[status::RUNNING], status::FAILED, Some(why))
                         .await?;
                     tracing::warn!(task = %task.uuid, kind = %task.kind, "{why}");
+                    self.abandon(&task).await;
                 }
                 status::CANCEL_REQUESTED => {
                     self.meta
@@ -154,11 +200,22 @@ impl TaskEngine {
                             None,
                         )
                         .await?;
+                    self.abandon(&task).await;
                 }
                 _ => self.start(task),
             }
         }
         Ok(())
+    }
+}
+
+impl TaskEngine {
+    async fn abandon(&self, task: &Task) {
+        if let Some(executor) = self.executor(&task.kind) {
+            if let Err(e) = executor.abandoned(task).await {
+                tracing::error!(task = %task.uuid, "undoing an abandoned task: {e}");
+            }
+        }
     }
 }
 
@@ -168,7 +225,13 @@ async fn run_task(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
         .await
     {
         Ok(true) => {}
-        Ok(false) => return, // cancelled while it waited
+        Ok(false) => {
+            // Cancelled while it waited: undo what its submission set up.
+            if let Err(e) = executor.abandoned(&task).await {
+                tracing::error!(task = %task.uuid, "undoing a cancelled task: {e}");
+            }
+            return;
+        }
         Err(e) => return tracing::error!(task = %task.uuid, "starting task: {e}"),
     }
     let span = tracing::info_span!("task", uuid = %task.uuid, kind = %task.kind);
@@ -187,6 +250,16 @@ async fn run_task(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
         }
         Ok(RunEnd::Cancelled(result)) => {
             finish(&meta, &task.uuid, &result, status::CANCELLED, &active).await
+        }
+        Ok(RunEnd::Failed(result, why)) => {
+            tracing::warn!("task failed: {why}");
+            match meta.set_task_result(&task.uuid, &result).await {
+                Ok(()) => meta
+                    .transition_task(&task.uuid, &active, status::FAILED, Some(&why))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => {
             tracing::warn!("task failed: {e}");
