@@ -65,7 +65,7 @@ pub fn family_of(path: &str) -> (&'static str, &'static str) {
         "replicator" => ("replicator", "REPLICATOR"),
         "administration" => ("administration", "ADMINISTRATION"),
         "_" => ("backbeat", "REPLICATOR"),
-        "replicas" => ("rucio", "REPLICATOR"),
+        "replicas" | "dids" | "rses" | "auth" => ("rucio", "REPLICATOR"),
         "api" | "alfresco" => ("control", "ADMINISTRATION"),
         "metrics" | "healthz" => ("ops", "UNKNOWN"),
         _ => ("unknown", "UNKNOWN"),
