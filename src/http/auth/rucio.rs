@@ -29,8 +29,13 @@ const EXPIRES: &str = "x-rucio-auth-token-expires";
 /// A Rucio error: the JSON body and the `ExceptionClass`/`ExceptionMessage` headers.
 fn rucio_error(status: StatusCode, class: &'static str, message: &str) -> Response {
     let body = json!({ "ExceptionClass": class, "ExceptionMessage": message });
-    let mut response = (status, Json(body)).into_response();
+    // Rucio sends its errors as `application/octet-stream`.
+    let mut response = (status, body.to_string()).into_response();
     let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert(
         HeaderName::from_static("exceptionclass"),
         HeaderValue::from_static(class),
