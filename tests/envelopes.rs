@@ -126,7 +126,9 @@ async fn ccs_booleans_are_case_insensitive() {
     put_object(&site, "bkt", "o", b"hello".to_vec()).await;
     for value in ["True", "TRUE", "true", "False", "1"] {
         let r = client()
-            .head(site.url(&format!("/replicator/remote/buckets/bkt/o?fullCheck={value}")))
+            .head(site.url(&format!(
+                "/replicator/remote/buckets/bkt/o?fullCheck={value}"
+            )))
             .send()
             .await
             .unwrap();
