@@ -6,6 +6,7 @@
 //! `{"ExceptionClass","ExceptionMessage"}`, also as headers.
 
 mod declare;
+mod dids;
 mod list;
 mod manage;
 mod metalink;
@@ -58,6 +59,14 @@ pub fn routes() -> Router<AppState> {
         .route("/replicas/tombstone", rucio(post(declare::tombstone)))
         .route("/replicas/{scope}/{*name}", rucio(get(list::did)))
         .route("/replicas/{scope}", any(no_such_route))
+        .route("/dids/bulkmeta", rucio(post(dids::bulk_meta)))
+        .route("/dids/{scope}/", rucio(get(dids::scope_list)))
+        .route("/dids/{scope}/{name}", rucio(get(dids::get_did)))
+        .route("/dids/{scope}/{name}/meta", rucio(get(dids::meta)))
+        .route("/dids/{scope}/{name}/files", rucio(get(dids::files)))
+        .route("/rses", rucio(get(dids::list_rses)))
+        .route("/rses/", rucio(get(dids::list_rses)))
+        .route("/rses/{rse}", rucio(get(dids::get_rse)))
 }
 
 /// Other methods on a Rucio route answer 405 in Rucio's envelope.

@@ -11,15 +11,17 @@
 //! | DR | `/api/dr/v2/...` | `dr_service::admin`, `dr::support_operator`, `protection::readonly` | `:start_failover_test`, `:stop_failover`: `dr_service::admin`, `dr::support_operator`; other (incl. `:start_failover_prod`): `dr_service::admin` |
 //! | administration | `/administration/...` | `mirrorgate::read`, `mirrorgate::admin`, `dr_service::admin` | `mirrorgate::admin`, `dr_service::admin` |
 //! | Backbeat | `/_/...` | same | same |
-//! | Rucio | `/replicas...` | same (also the query POSTs `list`, `dids`, `datasets_bulk`) | same |
+//! | Rucio | `/replicas...`, `/dids...`, `/rses...`, `/auth/validate` (any valid token) | same (also the query POSTs `list`, `dids`, `datasets_bulk`) | same |
 //! | Alfresco | `/api/...`, `/alfresco/...` | same | same |
 //!
 //! Order per request: verify the token, take one token from the caller's bucket (keyed by the
 //! token's `sub`, else the peer address), then answer 401, 403 or pass. Each family answers in
-//! its own envelope (see `envelope`). `POST /api/2/idp/token` issues tokens (see `token`).
+//! its own envelope (see `envelope`). `POST /api/2/idp/token` issues tokens (see `token`), and so
+//! does Rucio's `GET /auth/userpass` (see `rucio`).
 
 mod envelope;
 mod keys;
+mod rucio;
 mod token;
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{FromFnLayer, Next};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use futures::future::BoxFuture;
 use http::header::AUTHORIZATION;
@@ -79,6 +81,7 @@ impl Family {
         match family_of(path).0 {
             "administration" => Some(Family::Administration),
             "backbeat" => Some(Family::Backbeat),
+            "rucio" if path == rucio::USERPASS_PATH => None,
             "rucio" => Some(Family::Rucio),
             "control" if path == TOKEN_PATH => None,
             "control" if path == "/api/dr/v2" || path.starts_with("/api/dr/") => Some(Family::Dr),
@@ -115,7 +118,7 @@ fn rucio_query(method: &Method, path: &str) -> bool {
     *method == Method::POST
         && matches!(
             path.trim_end_matches('/'),
-            "/replicas/list" | "/replicas/dids" | "/replicas/datasets_bulk"
+            "/replicas/list" | "/replicas/dids" | "/replicas/datasets_bulk" | "/dids/bulkmeta"
         )
 }
 
@@ -192,7 +195,8 @@ impl Auth {
         }
         let principal = verdict.map_err(Denial::Unauthorized)?;
         let required = required_scopes(family, req.method(), req.uri().path());
-        if principal.has_any(required) {
+        // Rucio's `/auth/validate` describes any valid token, whatever it may do.
+        if principal.has_any(required) || req.uri().path() == rucio::VALIDATE_PATH {
             Ok(principal)
         } else {
             Err(Denial::Forbidden { required })
@@ -280,10 +284,12 @@ pub fn layer(auth: &Arc<Auth>) -> AuthLayer {
     axum::middleware::from_fn_with_state(auth.clone(), boxed_guard as GuardFn)
 }
 
-/// `POST /api/2/idp/token`.
+/// `POST /api/2/idp/token`, and Rucio's `GET /auth/userpass` and `GET /auth/validate`.
 pub fn routes<S: Clone + Send + Sync + 'static>(auth: &Arc<Auth>) -> Router<S> {
     Router::new()
         .route(TOKEN_PATH, post(token::issue_token))
+        .route(rucio::USERPASS_PATH, get(rucio::userpass))
+        .route(rucio::VALIDATE_PATH, get(rucio::validate))
         .with_state(auth.clone())
 }
 
@@ -302,6 +308,10 @@ mod tests {
             Some(Family::Backbeat)
         );
         assert_eq!(Family::of("/replicas/list"), Some(Family::Rucio));
+        assert_eq!(Family::of("/dids/b/o/meta"), Some(Family::Rucio));
+        assert_eq!(Family::of("/rses/"), Some(Family::Rucio));
+        assert_eq!(Family::of("/auth/validate"), Some(Family::Rucio));
+        assert_eq!(Family::of("/auth/userpass"), None);
         assert_eq!(Family::of("/api/dr/v2/servers"), Some(Family::Dr));
         assert_eq!(
             Family::of("/api/replication-definitions"),

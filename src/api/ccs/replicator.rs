@@ -55,7 +55,7 @@ pub fn local_routes() -> Router<AppState> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct CheckQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::http::common::lenient_bool")]
     full_check: bool,
 }
 

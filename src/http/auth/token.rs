@@ -140,7 +140,7 @@ impl Issuer {
 
     /// The client whose id and secret match, comparing digests in constant time and looking at
     /// every client, so timing tells nothing about which part was wrong.
-    fn authenticate(&self, id: &str, secret: &str) -> Option<&AuthClient> {
+    pub(super) fn authenticate(&self, id: &str, secret: &str) -> Option<&AuthClient> {
         let (id, secret) = (sha256(id.as_bytes()), sha256(secret.as_bytes()));
         let mut found = None;
         for known in &self.clients {
@@ -173,36 +173,65 @@ impl Issuer {
     }
 
     fn sign(&self, client: &AuthClient, scopes: Vec<String>) -> Result<Response, OAuthError> {
-        let key = self.key.as_ref().ok_or_else(OAuthError::invalid_client)?;
-        let iat = get_current_timestamp();
-        let exp = iat + self.lifetime_secs;
+        if !self.can_sign() {
+            return Err(OAuthError::invalid_client());
+        }
         let scope = scopes.join(" ");
-        let claims = IssuedClaims {
-            sub: &client.id,
-            iat,
-            exp,
-            scope: scope.clone(),
-            jti: uuid::Uuid::new_v4().to_string(),
-            iss: self.issuer.as_deref(),
-            aud: self.audience.as_deref(),
-        };
-        let token = encode(&Header::default(), &claims, key).map_err(|e| {
-            OAuthError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                format!("cannot sign the token: {e}"),
-            )
+        let minted = self.mint(&client.id, scopes).map_err(|why| {
+            OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", why)
         })?;
         tracing::info!(client = %client.id, scope = %scope, "issued an access token");
         let body = json!({
-            "access_token": token,
+            "access_token": minted.token,
             "token_type": "bearer",
             "expires_in": self.lifetime_secs,
-            "expires_on": exp,
+            "expires_on": minted.expires_at,
             "scope": scope,
         });
         Ok((no_store(), Json(body)).into_response())
     }
+
+    /// A signed token for `sub` with these scopes (also what Rucio's `/auth/userpass` hands out).
+    /// Fails only when no signing key is configured or signing fails (the reason as text).
+    pub(super) fn mint(&self, sub: &str, scopes: Vec<String>) -> Result<Minted, String> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or("no [auth] jwt_secret: this site issues no tokens")?;
+        let iat = get_current_timestamp();
+        let exp = iat + self.lifetime_secs;
+        let claims = IssuedClaims {
+            sub,
+            iat,
+            exp,
+            scope: scopes.join(" "),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        let token = encode(&Header::default(), &claims, key)
+            .map_err(|e| format!("cannot sign the token: {e}"))?;
+        Ok(Minted {
+            token,
+            expires_at: exp,
+        })
+    }
+
+    /// Whether a signing key is configured.
+    pub(super) fn can_sign(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// How long an issued token lives.
+    pub(super) fn lifetime_secs(&self) -> u64 {
+        self.lifetime_secs
+    }
+}
+
+/// A freshly signed token and its expiry (seconds since the epoch).
+pub(super) struct Minted {
+    pub token: String,
+    pub expires_at: u64,
 }
 
 /// Client id and secret from HTTP Basic or the form, never both (RFC 6749 §2.3.1).
