@@ -232,6 +232,10 @@ pub async fn restore(site: &Site, obj: &Object, body: ByteStream) -> Result<Stri
     Ok(receive(site, obj, body, &expected).await?.adler32)
 }
 
+/// How an error about a corrupt stored copy starts (peers read it from
+/// `x-clonecloudstore-error`: such a source cannot serve a good copy, another holder may).
+pub const INTEGRITY_FAILURE: &str = "integrity failure";
+
 /// What `receive` measured while streaming.
 struct Received {
     size: u64,
@@ -384,7 +388,11 @@ pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Pay
     };
     if let Some(what) = problem {
         storage_mismatch(site, obj, &hash, op_id)(&what);
-        return Err(Error::new(Kind::Internal, Origin::Storage, what));
+        return Err(Error::new(
+            Kind::Internal,
+            Origin::Storage,
+            format!("{INTEGRITY_FAILURE}: the copy of {}/{} here is corrupt ({what}); it is declared bad and will be repaired", obj.bucket, obj.name),
+        ));
     }
     metrics::counter!("mirrorgate_bytes_out_total").increment(read);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out")

@@ -382,7 +382,21 @@ pub(crate) async fn open_remote(
                 "site {site} does not hold {bucket}/{name}"
             )))
         }
-        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
+        s => {
+            let said = resp
+                .headers()
+                .get(crate::core::wire::ERROR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            // "integrity" makes it a source that cannot serve a good copy (see source_gone).
+            return Err(Failure::Transient(
+                if said.starts_with(objects::INTEGRITY_FAILURE) {
+                    format!("integrity: site {site} answered {s}: {said}")
+                } else {
+                    format!("site {site} answered {s}")
+                },
+            ));
+        }
     }
     let announced = resp
         .headers()
