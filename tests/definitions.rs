@@ -390,6 +390,17 @@ async fn cancel_mid_run_and_restart_mid_run() {
             .then_some(())
     })
     .await;
+    // Cancel once the run has queued orders (the paused peer keeps them queued): the pages
+    // the target already holds are only skipped.
+    eventually(
+        Duration::from_secs(20),
+        "orders queued by the run",
+        || async {
+            let (_, p) = send(http.get(a.url("/_/backbeat/api/metrics/crr/site-b/pending"))).await;
+            (p["pending"]["results"]["count"].as_u64()? > 0).then_some(())
+        },
+    )
+    .await;
     let (_, listed) = send(http.get(api(&a, "/running-replication-actions?name=slow"))).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     assert_eq!(
