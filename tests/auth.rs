@@ -3,8 +3,7 @@
 //! the data plane without tokens, and when auth is on.
 
 mod common;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -555,32 +554,10 @@ async fn auth_is_off_on_loopback_unless_enabled() {
 #[test]
 fn auth_on_without_a_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mirrorgate.toml");
-    std::fs::write(
-        &config,
-        site_config("site-a", dir.path(), "[auth]\nenabled = true\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mirrorgate started without any token key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = refuses_to_start(&site_config(
+        "site-a",
+        dir.path(),
+        "[auth]\nenabled = true\n",
+    ));
     assert!(stderr.contains("jwt_secret"), "{stderr}");
 }
