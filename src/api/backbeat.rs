@@ -1,7 +1,11 @@
 //! Backbeat's CRR API over mirrorgate's failed operations, pause flags and replication events:
 //! `/_/backbeat/api/_/crr/...` and `/_/backbeat/api/crr/...` (both answer), and
-//! `/_/backbeat/api/metrics/crr/{site|all}/{type}`. Errors in Backbeat's envelope
-//! `{"code","description",<Name>:true}`.
+//! `/_/backbeat/api/metrics/crr/{site|all}/{type}`, the Prometheus text at
+//! `/_/backbeat/api/monitoring/metrics` (and `/_/monitoring/metrics`), and the public
+//! `/_/healthcheck`. Errors in Backbeat's envelope `{"code","description",<Name>:true}`.
+//!
+//! A failed bucket-level order (bucket create or delete at a peer) is listed with the key
+//! [`BUCKET_KEY`] (`*`, never a valid object name), and retried by posting that key.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,6 +23,9 @@ use crate::meta::replication::{now_ms, FailedOp, Totals};
 use crate::model::object::{format_time, from_millis};
 use crate::state::AppState;
 
+/// The key under which a failed bucket-level order is listed and retried.
+pub const BUCKET_KEY: &str = "*";
+
 /// Failed entries per page.
 const PAGE: i64 = 100;
 
@@ -29,10 +36,15 @@ pub fn routes() -> Router<AppState> {
         .route("/pause", post(pause_all))
         .route("/pause/{site}", post(pause_site))
         .route("/resume", post(resume_all))
-        .route("/resume/{site}", post(resume_site))
+        .route(
+            "/resume/{site}",
+            post(resume_site).get(get_schedule).delete(delete_schedule),
+        )
         .route(
             "/resume/{site}/schedule",
-            post(schedule_resume).get(get_schedule),
+            post(schedule_resume)
+                .get(get_schedule)
+                .delete(delete_schedule),
         )
         .route("/status", get(status_all))
         .route("/status/{site}", get(status_site));
@@ -41,6 +53,31 @@ pub fn routes() -> Router<AppState> {
         .nest("/_/backbeat/api/crr", crr)
         .route("/_/backbeat/api/metrics/crr/{site}/{kind}", get(metrics))
         .route("/_/backbeat/api/_/metrics/crr/{site}/{kind}", get(metrics))
+        .route("/_/backbeat/api/monitoring/metrics", get(prometheus))
+        .route("/_/backbeat/api/_/monitoring/metrics", get(prometheus))
+        .route("/_/monitoring/metrics", get(prometheus))
+        .route("/_/healthcheck", get(healthcheck))
+}
+
+/// Prometheus text: every mirrorgate metric (the replication ones are `mirrorgate_replication_*`).
+async fn prometheus() -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::http::metrics::render().await,
+    )
+        .into_response()
+}
+
+/// Public liveness of the replication service: 200 when the metadata store answers.
+async fn healthcheck(State(state): State<AppState>) -> Result<Json<Value>> {
+    state.meta.pause_states().await?;
+    Ok(Json(json!({
+        "site": state.site_id,
+        "internalConnections": { "metadata": "ok" },
+    })))
 }
 
 /// An error in Backbeat's envelope.
@@ -101,11 +138,11 @@ impl IntoResponse for BackbeatError {
 fn version_json(op: &FailedOp) -> Value {
     json!({
         "Bucket": op.order.bucket_name,
-        "Key": op.order.object_name.clone().unwrap_or_default(),
+        "Key": op.order.object_name.as_deref().unwrap_or(BUCKET_KEY),
         "VersionId": op.version_id,
         "StorageClass": op.order.to_site,
         "Size": op.order.size.unwrap_or(0),
-        "LastModified": format_time(&from_millis(op.failed_at)),
+        "LastModified": format_time(&from_millis(op.last_modified)),
     })
 }
 
@@ -153,6 +190,11 @@ async fn failed_for_object(
     Query(q): Query<VersionQuery>,
 ) -> Result<Json<Value>> {
     let version = q.version_id.filter(|v| !v.is_empty());
+    let key = if key == BUCKET_KEY {
+        String::new()
+    } else {
+        key
+    };
     let ops = state
         .meta
         .failed_for_object(&state.site_id, &bucket, &key, version.as_deref())
@@ -222,24 +264,20 @@ async fn retry_failed(State(state): State<AppState>, body: Bytes) -> Result<Json
     let items = parse_retry(&body)?;
     let mut retried = Vec::new();
     for item in items {
-        let op = match state
-            .meta
-            .retry_failed(
-                &state.site_id,
-                &item.bucket,
-                &item.key,
-                &item.version,
-                &item.site,
-            )
-            .await?
-        {
-            Some(op) => Some(op),
-            None if item.force => force_retry(&state, &item).await?,
-            None => None,
+        let key = if item.key == BUCKET_KEY {
+            ""
+        } else {
+            &item.key
         };
-        if let Some(op) = op {
+        let mut ops = state
+            .meta
+            .retry_failed(&state.site_id, &item.bucket, key, &item.version, &item.site)
+            .await?;
+        if ops.is_empty() && item.force && !key.is_empty() {
+            ops.extend(force_retry(&state, &item).await?);
+        }
+        for op in ops {
             let mut v = version_json(&op);
-            v["LastModified"] = json!(format_time(&chrono::Utc::now()));
             v["ReplicationStatus"] = json!("PENDING");
             retried.push(v);
         }
@@ -285,6 +323,7 @@ async fn force_retry(state: &AppState, item: &RetryItem) -> Result<Option<Failed
         attempts: 0,
         error: None,
         failed_at: now_ms(),
+        last_modified: obj.creation.timestamp_millis(),
     }))
 }
 
@@ -384,6 +423,19 @@ async fn get_schedule(
         .and_then(|(p, at)| at.filter(|_| *p))
         .map(|at| json!(format_time(&from_millis(at))));
     Ok(Json(json!({ site: when.unwrap_or(json!("none")) })))
+}
+
+/// Cancels a scheduled resume: the site stays paused until resumed by hand.
+async fn delete_schedule(
+    State(state): State<AppState>,
+    Path(site): Path<String>,
+) -> Result<Json<Value>> {
+    known_site(&state, &site).await?;
+    let states = state.meta.pause_states().await?;
+    if let Some((true, Some(_))) = states.get(&site) {
+        state.meta.set_pause(&site, true, None).await?;
+    }
+    Ok(Json(json!({})))
 }
 
 async fn statuses(state: &AppState, only: Option<String>) -> Result<Json<Value>> {

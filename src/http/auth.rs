@@ -80,6 +80,8 @@ impl Family {
     pub fn of(path: &str) -> Option<Family> {
         match family_of(path).0 {
             "administration" => Some(Family::Administration),
+            // Backbeat's health check is public, as `/healthz` (load balancers probe it).
+            "backbeat" if path == "/_/healthcheck" => None,
             "backbeat" => Some(Family::Backbeat),
             "rucio" if path == rucio::USERPASS_PATH => None,
             "rucio" => Some(Family::Rucio),
@@ -305,6 +307,11 @@ mod tests {
         );
         assert_eq!(
             Family::of("/_/backbeat/api/crr/status"),
+            Some(Family::Backbeat)
+        );
+        assert_eq!(Family::of("/_/healthcheck"), None);
+        assert_eq!(
+            Family::of("/_/backbeat/api/monitoring/metrics"),
             Some(Family::Backbeat)
         );
         assert_eq!(Family::of("/replicas/list"), Some(Family::Rucio));

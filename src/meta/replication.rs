@@ -43,6 +43,9 @@ pub struct FailedOp {
     pub attempts: u32,
     pub error: Option<String>,
     pub failed_at: i64,
+    /// The version's last-modified (ms): its creation for a CREATE, when it was queued for a
+    /// DELETE or a bucket order (Backbeat's `LastModified`).
+    pub last_modified: i64,
 }
 
 /// Count and bytes (Backbeat's `results`).
@@ -83,26 +86,44 @@ fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
 
 /// Queues orders (source side) and marks their objects PENDING for each peer.
 pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -> Result<()> {
-    let now = now_ms();
     for o in orders {
-        sqlx::query(
-            "INSERT INTO outbox (op_id, to_site, client_id, bucket, object, size, hash, action, state, next_attempt, created)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'QUEUED',$9,$9) ON CONFLICT (op_id, to_site) DO NOTHING",
-        )
-        .bind(&o.op_id)
-        .bind(&o.to_site)
-        .bind(&o.client_id)
-        .bind(&o.bucket_name)
-        .bind(&o.object_name)
-        .bind(o.size.map(|s| s as i64))
-        .bind(&o.hash)
-        .bind(o.action.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        if let Some(object) = &o.object_name {
-            set_status(tx, &o.bucket_name, object, &o.to_site, "PENDING").await?;
-        }
+        insert_order(tx, o, None).await?;
+    }
+    Ok(())
+}
+
+/// Inserts one order. Its version is `version` (id and last-modified, for a requeued failed
+/// operation) or else the object's row as this transaction sees it: orders are inserted in the
+/// transaction of the change that caused them, so that row is the version the order is for. A
+/// CREATE's last-modified is the version's creation, any other order's the time it was queued.
+async fn insert_order(
+    tx: &mut Transaction<'_, Sqlite>,
+    o: &Order,
+    version: Option<(&str, i64)>,
+) -> Result<()> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (op_id, to_site, client_id, bucket, object, size, hash, action, state, next_attempt, created, version_id, modified)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'QUEUED',$9,$9,
+           COALESCE($10, (SELECT id FROM objects WHERE bucket = $4 AND name = $5), ''),
+           COALESCE($11, CASE WHEN $8 = 'CREATE' THEN (SELECT creation FROM objects WHERE bucket = $4 AND name = $5) END, $9))
+         ON CONFLICT (op_id, to_site) DO NOTHING",
+    )
+    .bind(&o.op_id)
+    .bind(&o.to_site)
+    .bind(&o.client_id)
+    .bind(&o.bucket_name)
+    .bind(&o.object_name)
+    .bind(o.size.map(|s| s as i64))
+    .bind(&o.hash)
+    .bind(o.action.as_str())
+    .bind(now)
+    .bind(version.map(|v| v.0))
+    .bind(version.map(|v| v.1))
+    .execute(&mut **tx)
+    .await?;
+    if let Some(object) = &o.object_name {
+        set_status(tx, &o.bucket_name, object, &o.to_site, "PENDING").await?;
     }
     Ok(())
 }
@@ -447,7 +468,11 @@ impl MetaStore {
         Ok(rows.iter().map(|r| failed_from_row(r, self_site)).collect())
     }
 
-    /// Moves a failed operation back to the queue (attempts reset). None when not failed.
+    /// Moves one failed operation back to the queue (attempts reset, same version). None when
+    /// there is no such entry. `version` empty means the object's current version: the entry of
+    /// the version the name holds now (its DELETE when the name is deleted, else its CREATE);
+    /// entries of older versions are left as they are (listed until retried by their
+    /// `VersionId` or expired). `key` empty is the bucket's own (bucket-level) entry.
     pub async fn retry_failed(
         &self,
         self_site: &str,
@@ -455,25 +480,55 @@ impl MetaStore {
         key: &str,
         version: &str,
         site: &str,
-    ) -> Result<Option<FailedOp>> {
+    ) -> Result<Vec<FailedOp>> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "DELETE FROM failed_ops WHERE bucket = $1 AND object = $2 AND ($3 = '' OR version_id = $3) AND site = $4 RETURNING *",
+        let current: Option<(String, String)> = if key.is_empty() {
+            None
+        } else {
+            sqlx::query_as("SELECT id, status FROM objects WHERE bucket = $1 AND name = $2")
+                .bind(bucket)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+        };
+        let version = match (&current, version) {
+            (Some((id, _)), "") => id.clone(),
+            (_, v) => v.to_owned(),
+        };
+        // The current version's entry is the operation that brings the name to its state now.
+        let action =
+            current
+                .filter(|(id, _)| *id == version)
+                .map(|(_, status)| match status.as_str() {
+                    "DELETED" | "DELETING" | "ERR_DEL" => "DELETE",
+                    _ => "CREATE",
+                });
+        let rows = sqlx::query(
+            "DELETE FROM failed_ops WHERE bucket = $1 AND object = $2 AND version_id = $3 AND site = $4
+             AND ($5 IS NULL OR action = $5) RETURNING *",
         )
         .bind(bucket)
         .bind(key)
-        .bind(version)
+        .bind(&version)
         .bind(site)
-        .fetch_optional(&mut *tx)
+        .bind(action)
+        .fetch_all(&mut *tx)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut op = failed_from_row(&row, self_site);
-        op.order.op_id = uuid::Uuid::new_v4().to_string();
+        let mut ops: Vec<FailedOp> = rows.iter().map(|r| failed_from_row(r, self_site)).collect();
+        ops.sort_by_key(|o| (o.last_modified, o.id));
+        for op in &mut ops {
+            op.order.op_id = uuid::Uuid::new_v4().to_string();
+            insert_order(
+                &mut tx,
+                &op.order,
+                Some((op.version_id.as_str(), op.last_modified)),
+            )
+            .await?;
+        }
         let changing = self.changing(vec![super::cache::Change::object(bucket, key)]);
-        insert_orders(&mut tx, std::slice::from_ref(&op.order)).await?;
         tx.commit().await?;
         changing.done();
-        Ok(Some(op))
+        Ok(ops)
     }
 
     /// Forgets failed operations older than the retention window.
@@ -696,39 +751,48 @@ async fn fail_in_tx(
     error: &str,
 ) -> Result<()> {
     let o = &row.order;
-    sqlx::query("DELETE FROM outbox WHERE seq = $1")
-        .bind(row.seq)
-        .execute(&mut **tx)
-        .await?;
-    let version: Option<String> = match &o.object_name {
-        Some(name) => {
-            sqlx::query_scalar("SELECT id FROM objects WHERE bucket = $1 AND name = $2")
-                .bind(&o.bucket_name)
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?
+    // The version the order was queued for (rows queued before it was recorded: the current one).
+    let queued: Option<(String, Option<i64>)> =
+        sqlx::query_as("DELETE FROM outbox WHERE seq = $1 RETURNING version_id, modified")
+            .bind(row.seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (mut version, mut modified) = queued.unwrap_or_default();
+    if version.is_empty() {
+        if let Some(name) = &o.object_name {
+            let current: Option<(String, i64)> =
+                sqlx::query_as("SELECT id, creation FROM objects WHERE bucket = $1 AND name = $2")
+                    .bind(&o.bucket_name)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if let Some((id, creation)) = current {
+                version = id;
+                modified = modified.or(Some(creation));
+            }
         }
-        None => None,
-    };
+    }
     sqlx::query(
-        "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)
-         ON CONFLICT (bucket, object, version_id, site) DO UPDATE SET op_id = excluded.op_id, action = excluded.action,
+        "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at, modified)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
+         ON CONFLICT (bucket, object, version_id, action, site) DO UPDATE SET op_id = excluded.op_id,
          size = excluded.size, hash = excluded.hash, attempts = excluded.attempts, error = excluded.error,
-         failed_at = excluded.failed_at, id = (SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
+         failed_at = excluded.failed_at, modified = excluded.modified,
+         id = (SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
     )
     .bind(&o.op_id)
     .bind(&o.to_site)
     .bind(&o.client_id)
     .bind(&o.bucket_name)
     .bind(o.object_name.clone().unwrap_or_default())
-    .bind(version.unwrap_or_default())
+    .bind(version)
     .bind(o.size.map(|s| s as i64))
     .bind(&o.hash)
     .bind(o.action.as_str())
     .bind(attempts as i64)
     .bind(error)
     .bind(now_ms())
+    .bind(modified)
     .execute(&mut **tx)
     .await?;
     if let Some(object) = &o.object_name {
@@ -747,5 +811,8 @@ fn failed_from_row(r: &SqliteRow, self_site: &str) -> FailedOp {
         attempts: r.get::<i64, _>("attempts") as u32,
         error: r.get("error"),
         failed_at: r.get("failed_at"),
+        last_modified: r
+            .get::<Option<i64>, _>("modified")
+            .unwrap_or_else(|| r.get("failed_at")),
     }
 }

@@ -588,7 +588,7 @@ async fn retry_failed_for(state: &JobContext, site: &str) -> Result<u64> {
         let before = n;
         for op in &page {
             let key = op.order.object_name.clone().unwrap_or_default();
-            if state
+            n += state
                 .meta
                 .retry_failed(
                     &state.site_id,
@@ -598,10 +598,7 @@ async fn retry_failed_for(state: &JobContext, site: &str) -> Result<u64> {
                     site,
                 )
                 .await?
-                .is_some()
-            {
-                n += 1;
-            }
+                .len() as u64;
         }
         if n == before {
             break;
