@@ -201,3 +201,139 @@ async fn peers_failing_never_answer_502() {
         .unwrap();
     assert_ne!(r.status(), 502);
 }
+
+fn bucket_order(op_id: &str, bucket: &str, action: &str) -> serde_json::Value {
+    serde_json::json!({
+        "opId": op_id, "fromSite": "site-a", "toSite": "site-b", "clientId": CLIENT,
+        "bucketName": bucket, "action": action,
+    })
+}
+
+async fn post_orders(site: &Site, path: &str, body: serde_json::Value) -> Response {
+    client()
+        .post(site.url(&format!("/replicator/remote/{path}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn orders_answer_409_for_an_existing_bucket_and_per_order_in_a_batch() {
+    let sites = meshed_sites(&["site-a", "site-b"], SITE_EXTRA).await;
+    let b = &sites[1];
+    create_bucket(b, "exists-here").await;
+    create_bucket(b, "exists-too").await;
+
+    // Single order: 409 for an existing bucket, 400 for an invalid order, 201 otherwise.
+    let r = post_orders(b, "orders", bucket_order("op-1", "exists-here", "CREATE")).await;
+    assert_eq!(r.status(), 409);
+    assert!(header(&r, ERROR).unwrap_or("").contains("already exists"));
+    let mut invalid = bucket_order("op-2", "new-bucket", "CREATE");
+    invalid["toSite"] = "site-z".into();
+    assert_eq!(
+        post_orders(b, "orders", invalid.clone()).await.status(),
+        400
+    );
+    let r = post_orders(b, "orders", bucket_order("op-3", "new-bucket", "CREATE")).await;
+    assert_eq!(r.status(), 201);
+    eventually(
+        std::time::Duration::from_secs(20),
+        "new-bucket on b",
+        || async {
+            let r = client().get(remote(b, "new-bucket")).send().await.unwrap();
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    // The same order sent again (a lost acknowledgement) is no conflict.
+    let r = post_orders(b, "orders", bucket_order("op-3", "new-bucket", "CREATE")).await;
+    assert_eq!(r.status(), 201);
+
+    // A batch: the valid orders are stored, the others reported one by one.
+    let batch = serde_json::json!([
+        bucket_order("m-1", "multi-bucket", "CREATE"),
+        invalid,
+        bucket_order("m-3", "exists-here", "CREATE"),
+        42,
+        bucket_order("m-5", "exists-too", "DELETE"),
+        bucket_order("m-6", "exists-too", "CREATE"),
+    ]);
+    let r = post_orders(b, "orders/multiple", batch).await;
+    assert_eq!(r.status(), 201);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["received"], 3, "{answer}");
+    let rejected: Vec<(u64, String, u64)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+            (
+                r["index"].as_u64().unwrap(),
+                r["opId"].as_str().unwrap().to_owned(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (1, "op-2".to_owned(), 400),
+            (2, "m-3".to_owned(), 409),
+            (3, "".to_owned(), 400)
+        ]
+    );
+    eventually(
+        std::time::Duration::from_secs(20),
+        "multi-bucket on b",
+        || async {
+            let r = client()
+                .get(remote(b, "multi-bucket"))
+                .send()
+                .await
+                .unwrap();
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Two sites that created the same bucket: each one's CREATE order meets a 409 at the other,
+/// which completes the order (the bucket is there) instead of failing or resending it.
+#[tokio::test]
+async fn a_bucket_created_at_both_sites_replicates_without_failures() {
+    let sites = meshed_sites(&["site-a", "site-b"], "").await;
+    let (a, b) = (&sites[0], &sites[1]);
+    create_bucket(a, "twin").await;
+    create_bucket(b, "twin").await;
+    for site in [a, b] {
+        eventually(
+            std::time::Duration::from_secs(20),
+            "outbox drained",
+            || async {
+                (site.metric("mirrorgate_replication_pending_orders").await == 0.0).then_some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for site in [a, b] {
+        assert_eq!(
+            site.metric("mirrorgate_replication_failures_total").await,
+            0.0,
+            "failures at {}",
+            site.id
+        );
+        assert_eq!(
+            site.metric("mirrorgate_replication_pending_orders").await,
+            0.0
+        );
+    }
+    assert!(
+        [a, b]
+            .iter()
+            .any(|s| s.log_text().contains("peer has the bucket already")),
+        "a CREATE order met the existing bucket"
+    );
+}
