@@ -62,7 +62,7 @@ async fn list_names(site: &Site, bucket: &str, filter: &[(&str, String)]) -> Vec
     }
     let r = req.send().await.unwrap();
     assert_eq!(r.status(), 200, "listing with {filter:?}");
-    assert_eq!(header(&r, "content-type"), Some("application/x-ndjson"));
+    assert_eq!(header(&r, "content-type"), Some("application/octet-stream"));
     ndjson_names(&r.bytes().await.unwrap())
 }
 

@@ -606,6 +606,19 @@ impl MetaStore {
 
     /// The status of each received order; with `from_site`, orders another site sent are
     /// UNKNOWN (a peer learns only about its own orders).
+    /// Whether a bucket-level order (CREATE or DELETE) for `bucket` is received here and not
+    /// applied yet: until it is, the bucket's row does not say what the bucket will be.
+    pub async fn bucket_order_pending(&self, bucket: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM inbox WHERE bucket = $1 AND object IS NULL \
+             AND state IN ('PENDING', 'PROCESSING') LIMIT 1",
+        )
+        .bind(bucket)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn order_statuses(
         &self,
         op_ids: &[String],

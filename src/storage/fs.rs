@@ -56,6 +56,12 @@ impl Storage for FsStorage {
         Ok(())
     }
 
+    async fn has_bucket(&self, bucket: &str) -> Result<bool> {
+        Ok(tokio::fs::metadata(self.objects.join(bucket))
+            .await
+            .is_ok_and(|m| m.is_dir()))
+    }
+
     async fn delete_bucket(&self, bucket: &str) -> Result<()> {
         match tokio::fs::remove_dir_all(self.objects.join(bucket)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),

@@ -49,6 +49,9 @@ pub trait Storage: Send + Sync {
     async fn create_bucket(&self, bucket: &str) -> Result<()>;
     /// Removes the backend's bucket (idempotent; the bucket is empty by then).
     async fn delete_bucket(&self, bucket: &str) -> Result<()>;
+    /// Whether the backend's bucket is there (fs: its directory; S3: `HeadBucket`). Used by
+    /// `fullCheck` HEADs, which look at the storage and not only at the metadata.
+    async fn has_bucket(&self, bucket: &str) -> Result<bool>;
     /// Starts a staged write; nothing is visible until `commit`.
     async fn writer(
         &self,

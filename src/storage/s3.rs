@@ -295,6 +295,10 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn has_bucket(&self, bucket: &str) -> Result<bool> {
+        self.bucket_exists(&self.backend_bucket(bucket)).await
+    }
+
     async fn delete_bucket(&self, bucket: &str) -> Result<()> {
         let backend = self.backend_bucket(bucket);
         match self.client.delete_bucket().bucket(&backend).send().await {

@@ -183,7 +183,7 @@ async fn list_objects(
     let mut resp = Response::new(Body::from_stream(encode_for_client(body, zstd)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
+        HeaderValue::from_static("application/octet-stream"),
     );
     if zstd {
         resp.headers_mut()

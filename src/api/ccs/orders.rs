@@ -5,9 +5,14 @@
 //! when the caller authenticated as a peer (`PeerSite`, see `crate::api::trust`), that very
 //! site. Otherwise the whole request is refused with 403 and nothing is stored. A peer asking
 //! `/orders/status` learns only about the orders it sent (others are UNKNOWN).
+//!
+//! Refusals of one order (CCS): an invalid order is a 400, a bucket `CREATE` of a bucket that
+//! exists here a 409. `/orders` answers them as the request's status; `/orders/multiple` stores
+//! the valid orders and answers 201 `{"received": n, "rejected": [{"index", "opId", "status",
+//! "error"}]}` (in request order).
 
 use axum::body::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -15,10 +20,12 @@ use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
 use http::StatusCode;
+use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::http::peer::PeerSite;
-use crate::model::order::{Order, OrderStatus};
+use crate::model::object::Status;
+use crate::model::order::{Action, Order, OrderStatus};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -40,13 +47,40 @@ fn caller_site(caller: &Caller) -> Option<&str> {
         .map(|Extension(PeerSite(site))| site.as_str())
 }
 
+/// One order `/orders/multiple` did not store, and why.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rejected {
+    /// Position of the order in the request (0-based): names an item without a usable `opId`.
+    index: usize,
+    op_id: String,
+    status: u16,
+    error: String,
+}
+
+impl Rejected {
+    fn new(index: usize, op_id: String, e: &Error) -> Self {
+        Self {
+            index,
+            op_id,
+            status: e.status().as_u16(),
+            error: e.message.clone(),
+        }
+    }
+}
+
 async fn receive_one(
     State(state): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> Result<Response> {
-    let order: Order = serde_json::from_slice(&body)?;
-    accept(&state, caller_site(&caller), vec![order]).await
+    let mut order: Order = serde_json::from_slice(&body)?;
+    order.validate(&state.site_id)?;
+    authorize(&state, caller_site(&caller), std::slice::from_ref(&order)).await?;
+    let mut buckets = HashMap::new();
+    not_conflicting(&state, &order, &mut buckets).await?;
+    store(&state, &[order]).await?;
+    Ok(received(1, None))
 }
 
 async fn receive_many(
@@ -54,37 +88,118 @@ async fn receive_many(
     caller: Caller,
     body: Bytes,
 ) -> Result<Response> {
-    let orders: Vec<Order> = serde_json::from_slice(&body)?;
-    if orders.len() > MAX_ORDERS {
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    if items.len() > MAX_ORDERS {
         return Err(Error::bad_request(format!(
             "at most {MAX_ORDERS} orders per request"
         )));
     }
-    accept(&state, caller_site(&caller), orders).await
+    let mut rejected = Vec::new();
+    let mut valid = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let op_id = item
+            .get("opId")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let parsed = serde_json::from_value::<Order>(item)
+            .map_err(|e| Error::bad_request(format!("invalid order {op_id:?}: {e}")))
+            .and_then(|mut o| o.validate(&state.site_id).map(|()| o));
+        match parsed {
+            Ok(order) => valid.push((index, order)),
+            Err(e) => rejected.push(Rejected::new(index, op_id, &e)),
+        }
+    }
+    let orders: Vec<Order> = valid.iter().map(|(_, o)| o.clone()).collect();
+    authorize(&state, caller_site(&caller), &orders).await?;
+    let mut accepted = Vec::with_capacity(valid.len());
+    let mut buckets = HashMap::new();
+    for (index, order) in valid {
+        match not_conflicting(&state, &order, &mut buckets).await {
+            Ok(()) => accepted.push(order),
+            Err(e) if e.kind == Kind::Conflict => {
+                rejected.push(Rejected::new(index, order.op_id.clone(), &e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    rejected.sort_by_key(|r| r.index);
+    store(&state, &accepted).await?;
+    Ok(received(accepted.len(), Some(rejected)))
 }
 
-/// Validates and authorizes every order, stores them durably, and only then answers 201.
-async fn accept(
+fn received(n: usize, rejected: Option<Vec<Rejected>>) -> Response {
+    let body = match rejected {
+        Some(rejected) => serde_json::json!({ "received": n, "rejected": rejected }),
+        None => serde_json::json!({ "received": n }),
+    };
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// 409 for a bucket `CREATE` of a bucket that exists here (CCS "Bucket already exist").
+/// Not for an order already received (a re-sent `opId` is accepted again, not applied twice),
+/// nor while a bucket order received earlier waits to be applied (the bucket's row does not
+/// say yet what the bucket will be). `buckets` follows the bucket orders of the same request,
+/// in order (a DELETE then a CREATE of the same bucket is no conflict).
+async fn not_conflicting(
     state: &AppState,
-    caller: Option<&str>,
-    mut orders: Vec<Order>,
-) -> Result<Response> {
-    for order in &mut orders {
-        order.validate(&state.site_id)?;
+    order: &Order,
+    buckets: &mut HashMap<String, bool>,
+) -> Result<()> {
+    if order.object_name.is_some() {
+        return Ok(());
     }
-    authorize(state, caller, &orders).await?;
-    state.meta.receive_orders(&orders).await?;
-    for order in &orders {
+    let name = &order.bucket_name;
+    let exists = match buckets.get(name) {
+        Some(exists) => *exists,
+        None => {
+            let live = state
+                .meta
+                .get_bucket(name)
+                .await?
+                .is_some_and(|b| b.status == Status::Ready);
+            live && !state.meta.bucket_order_pending(name).await?
+        }
+    };
+    match order.action {
+        Action::Create if exists => {
+            let known = state
+                .meta
+                .order_statuses(std::slice::from_ref(&order.op_id), Some(&order.from_site))
+                .await?
+                .first()
+                .is_some_and(|s| s.status != "UNKNOWN");
+            if !known {
+                return Err(Error::conflict(format!(
+                    "order {:?}: bucket {name} already exists",
+                    order.op_id
+                )));
+            }
+        }
+        Action::Create => {
+            buckets.insert(name.clone(), true);
+        }
+        Action::Delete => {
+            buckets.insert(name.clone(), false);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Stores the orders durably (then they are applied by the inbox workers).
+async fn store(state: &AppState, orders: &[Order]) -> Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    state.meta.receive_orders(orders).await?;
+    for order in orders {
         state
             .topology
             .invalidate(&order.bucket_name, order.object_name.as_deref());
     }
     state.replication.service.inbox_ready.notify_waiters();
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "received": orders.len() })),
-    )
-        .into_response())
+    Ok(())
 }
 
 /// 403 unless every order comes from a site of the topology, and from the caller when known.

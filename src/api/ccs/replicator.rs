@@ -20,7 +20,7 @@ use crate::core::objects;
 use crate::core::stream::Verify;
 use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE};
 use crate::engines::topology::{Caller, Located, Target};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind, Origin, Result};
 use crate::http::common::{no_content, ClientId, OpId, CLIENT_ID, OP_ID, TARGET_ID};
 use crate::state::AppState;
 use crate::storage::ByteStream;
@@ -31,7 +31,7 @@ pub fn remote_routes() -> Router<AppState> {
         .route("/replicator/remote/inventory", get(inventory))
         .route(
             "/replicator/remote/buckets/{bucket}",
-            get(accessor::get_bucket).head(accessor::head_bucket),
+            get(accessor::get_bucket).head(remote_head_bucket),
         )
         .route(
             "/replicator/remote/buckets/{bucket}/{*object}",
@@ -65,6 +65,49 @@ fn not_found_none() -> Response {
 
 // ---- remote: this site's own store -------------------------------------------------------
 
+/// `HEAD /replicator/remote/buckets/{bucket}`: 204 BUCKET for a live bucket the client can
+/// read; with `fullCheck=true` the storage must hold the bucket too.
+async fn remote_head_bucket(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Query(q): Query<CheckQuery>,
+    Path(bucket): Path<String>,
+) -> Result<Response> {
+    match readable_bucket(&state, &client, &bucket).await {
+        Ok(_) => {
+            if q.full_check && !state.storage.has_bucket(&bucket).await? {
+                tracing::warn!(bucket = %bucket, "fullCheck: the bucket is missing from storage");
+                return Ok(not_found_none());
+            }
+            Ok(no_content(type_header("BUCKET")))
+        }
+        Err(e) if e.kind == Kind::BadRequest => Err(e),
+        Err(_) => Ok(not_found_none()),
+    }
+}
+
+/// `fullCheck` of one stored copy: storage must hold the recorded size, and a small object
+/// (read whole in one step) must match its recorded SHA-256 as well (a mismatch declares
+/// the copy bad, which queues its repair).
+async fn copy_checks_out(
+    state: &AppState,
+    obj: &crate::model::object::Object,
+    op_id: &str,
+) -> Result<bool> {
+    if state.storage.stat(&obj.bucket, &obj.name).await? != Some(obj.size) {
+        tracing::warn!(bucket = %obj.bucket, object = %obj.name, "fullCheck: stored size differs from the recorded one");
+        return Ok(false);
+    }
+    if obj.size > objects::SMALL_OBJECT {
+        return Ok(true);
+    }
+    match objects::read_verified(&state.site, obj, op_id).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.message.starts_with(objects::INTEGRITY_FAILURE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 async fn remote_get_object(
     State(state): State<AppState>,
     ClientId(client): ClientId,
@@ -79,6 +122,7 @@ async fn remote_get_object(
 async fn remote_head_object(
     State(state): State<AppState>,
     ClientId(client): ClientId,
+    OpId(op_id): OpId,
     Query(q): Query<CheckQuery>,
     Path((bucket, name)): Path<(String, String)>,
 ) -> Result<Response> {
@@ -88,8 +132,8 @@ async fn remote_head_object(
     }
     match object_type(&state, &bucket, &name).await? {
         Some((kind, Some(obj))) => {
-            // fullCheck: the bytes must be in storage too, with the recorded size.
-            if q.full_check && state.storage.stat(&bucket, &name).await? != Some(obj.size) {
+            // fullCheck: the bytes must be in storage too, and check out.
+            if q.full_check && !copy_checks_out(&state, &obj, &op_id).await? {
                 return Ok(not_found_none());
             }
             let mut h = crate::core::wire::object_headers(&obj);
@@ -143,27 +187,32 @@ async fn local_head(
     State(state): State<AppState>,
     ClientId(client): ClientId,
     OpId(op_id): OpId,
+    Query(q): Query<CheckQuery>,
     Path(path): Path<TargetPath>,
     req_headers: HeaderMap,
 ) -> Result<Response> {
     let target = path.checked()?;
-    head_through(&state, &target, &client, &op_id, pinned(&req_headers)).await
+    let caller = Caller {
+        client_id: &client,
+        op_id: &op_id,
+    };
+    head_through(&state, &target, &caller, pinned(&req_headers), q.full_check)
+        .await
+        .map_err(for_client)
 }
 
+/// With `full_check`, the peers check their storage before answering (see
+/// `remote_head_object`), and no cached location is trusted.
 async fn head_through(
     state: &AppState,
     target: &Target,
-    client: &str,
-    op_id: &str,
+    caller: &Caller<'_>,
     pinned: Option<String>,
+    full_check: bool,
 ) -> Result<Response> {
-    let caller = Caller {
-        client_id: client,
-        op_id,
-    };
     match state
         .topology
-        .locate(target, &caller, pinned.as_deref())
+        .locate_checked(target, caller, pinned.as_deref(), full_check)
         .await?
     {
         Some(Located { site, kind }) => {
@@ -193,9 +242,45 @@ async fn local_get(
     fetch_through(&state, &target, &caller, pinned(&req_headers), &req_headers).await
 }
 
+/// Errors of the peers (unreachable, failing, corrupt copy: `BadGateway` inside) are
+/// answered to clients as 500, a status CCS lists, with the message saying what happened.
+fn for_client(e: Error) -> Error {
+    match e.kind {
+        Kind::BadGateway | Kind::GatewayTimeout | Kind::Unavailable => {
+            Error::new(Kind::Internal, Origin::Upstream, e.message)
+        }
+        _ => e,
+    }
+}
+
 /// Locates the target and streams it from the site holding it. A location that turns out
-/// stale (the site lost it, or is unreachable) is dropped and the lookup done once more.
+/// stale (the site lost it, is unreachable, or its copy is corrupt) is dropped and the
+/// lookup done once more.
 pub async fn fetch_through(
+    state: &AppState,
+    target: &Target,
+    caller: &Caller<'_>,
+    pinned: Option<String>,
+    req_headers: &HeaderMap,
+) -> Result<Response> {
+    fetch_through_peers(state, target, caller, pinned, req_headers)
+        .await
+        .map_err(for_client)
+}
+
+/// 404, or 410 when the target is a bucket this site knows as deleted.
+async fn nowhere(state: &AppState, target: &Target) -> Error {
+    if target.object.is_none() {
+        if let Ok(Some(b)) = state.meta.get_bucket(&target.bucket).await {
+            if b.status == crate::model::object::Status::Deleted {
+                return Error::gone(format!("bucket {} is deleted", target.bucket));
+            }
+        }
+    }
+    Error::not_found(format!("{} not found at any site", describe(target)))
+}
+
+async fn fetch_through_peers(
     state: &AppState,
     target: &Target,
     caller: &Caller<'_>,
@@ -208,10 +293,7 @@ pub async fn fetch_through(
             .locate(target, caller, pinned.as_deref())
             .await?
         else {
-            return Err(Error::not_found(format!(
-                "{} not found at any site",
-                describe(target)
-            )));
+            return Err(nowhere(state, target).await);
         };
         match fetch_from(state, &located, target, caller, req_headers).await {
             Err(e) if attempt == 0 && pinned.is_none() && worth_another_lookup(&e) => {
@@ -222,10 +304,7 @@ pub async fn fetch_through(
             other => return other.map(|resp| with_target(resp, &located.site.id)),
         }
     }
-    Err(Error::not_found(format!(
-        "{} not found at any site",
-        describe(target)
-    )))
+    Err(nowhere(state, target).await)
 }
 
 /// The site no longer has it, or cannot be reached: the location (maybe cached) is stale,
@@ -367,6 +446,12 @@ fn relay_error(site: &str, resp: &reqwest::Response) -> Error {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if message.starts_with(objects::INTEGRITY_FAILURE) {
+        return Error::upstream(
+            Kind::BadGateway,
+            format!("the copy at site {site} is corrupt, no good copy could be read: {message}"),
+        );
+    }
     let kind = match resp.status() {
         StatusCode::NOT_FOUND => Kind::NotFound,
         StatusCode::GONE => Kind::Gone,

@@ -12,6 +12,22 @@ use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, OutboxRow};
 use crate::model::order::OrderStatus;
 
+/// The answer of `POST /orders/multiple`: `{"received": n, "rejected": [...]}`.
+#[derive(serde::Deserialize, Default)]
+struct MultipleAnswer {
+    #[serde(default)]
+    rejected: Vec<RejectedOrder>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RejectedOrder {
+    op_id: String,
+    status: u16,
+    #[serde(default)]
+    error: String,
+}
+
 /// Orders per POST /orders/multiple.
 const SEND_BATCH: i64 = 200;
 /// Outcomes asked per POST /orders/status.
@@ -129,12 +145,44 @@ async fn send_queued(state: &Replication, site: &str) -> Result<bool> {
             &orders,
         )
         .await
-        .map(|_| ()),
+        .map(Some),
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(()) => {
-            state.meta.mark_sent(&rows, CHECK_AFTER_MS).await?;
+        Ok(resp) => {
+            // Orders the peer refused one by one (`rejected`; absent from older peers).
+            let answer: MultipleAnswer = match resp {
+                Some(resp) => resp.json().await.unwrap_or_default(),
+                None => MultipleAnswer::default(),
+            };
+            let refused: std::collections::HashMap<&str, &RejectedOrder> = answer
+                .rejected
+                .iter()
+                .map(|r| (r.op_id.as_str(), r))
+                .collect();
+            let mut sent = Vec::with_capacity(rows.len());
+            for row in rows {
+                match refused.get(row.order.op_id.as_str()) {
+                    None => sent.push(row),
+                    // CCS 409: the bucket exists there already, what the order asks holds.
+                    Some(r) if r.status == StatusCode::CONFLICT.as_u16() => {
+                        tracing::info!(peer = site, op_id = %row.order.op_id, "peer has the bucket already: {}", r.error);
+                        state.meta.order_completed(&row).await?;
+                    }
+                    Some(r) => {
+                        state
+                            .meta
+                            .order_failed(
+                                &row,
+                                row.attempts + 1,
+                                &format!("peer refused the order ({}): {}", r.status, r.error),
+                            )
+                            .await?;
+                        count_failures(site, 1);
+                    }
+                }
+            }
+            state.meta.mark_sent(&sent, CHECK_AFTER_MS).await?;
             Ok(true)
         }
         Err(e) if e.kind == Kind::BadRequest => {

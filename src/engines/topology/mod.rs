@@ -266,13 +266,28 @@ impl TopologyService {
         caller: &Caller<'_>,
         pinned: Option<&str>,
     ) -> Result<Option<Located>> {
+        self.locate_checked(target, caller, pinned, false).await
+    }
+
+    /// Like [`Self::locate`]; with `full_check` the peers are asked with `fullCheck=true` (they
+    /// look at their storage, not only at their metadata) and no cached answer is trusted.
+    pub async fn locate_checked(
+        &self,
+        target: &Target,
+        caller: &Caller<'_>,
+        pinned: Option<&str>,
+        full_check: bool,
+    ) -> Result<Option<Located>> {
         if let Some(site) = pinned {
             let peer = self.peer(site).await?;
-            return self.ask(&peer, target, caller).await;
+            return self.ask(&peer, target, caller, full_check).await;
         }
-        if let Some(hit) = self.cached(target) {
-            metrics::counter!("mirrorgate_topology_cache_total", "result" => "hit").increment(1);
-            return Ok(hit);
+        if !full_check {
+            if let Some(hit) = self.cached(target) {
+                metrics::counter!("mirrorgate_topology_cache_total", "result" => "hit")
+                    .increment(1);
+                return Ok(hit);
+            }
         }
         metrics::counter!("mirrorgate_topology_cache_total", "result" => "miss").increment(1);
         let peers = self.up_peers().await?;
@@ -287,7 +302,7 @@ impl TopologyService {
                 // Only lookups that send HEADs to peers count against the client's budget.
                 self.check_miss_budget(caller.client_id)?;
             }
-            asked.push(self.ask(peer, target, caller));
+            asked.push(self.ask(peer, target, caller, full_check));
         }
         let mut clean = skipped == 0;
         while let Some(answer) = asked.next().await {
@@ -308,7 +323,7 @@ impl TopologyService {
         }
         metrics::counter!("mirrorgate_topology_lookups_total", "result" => "not_found")
             .increment(1);
-        if clean {
+        if clean && !full_check {
             self.remember(target, Cached::Missing, self.config.negative_ttl_ms);
         }
         Ok(None)
@@ -419,9 +434,13 @@ impl TopologyService {
         peer: &Topology,
         target: &Target,
         caller: &Caller<'_>,
+        full_check: bool,
     ) -> Result<Option<Located>> {
         let started = Instant::now();
-        let url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
+        let mut url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
+        if full_check {
+            url.push_str("?fullCheck=true");
+        }
         let sent = self
             .peer_request(reqwest::Method::HEAD, &url)
             .header(CLIENT_ID, caller.client_id)
