@@ -58,22 +58,6 @@ async fn wait_entries(site: &Site, bucket: &str, key: &str, n: usize) -> Vec<Val
     .await
 }
 
-async fn bucket_at(site: &Site, bucket: &str) {
-    eventually(
-        Duration::from_secs(30),
-        &format!("bucket {bucket} at {}", site.id),
-        || async {
-            let r = client()
-                .head(site.url(&format!("/replicator/remote/buckets/{bucket}")))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 204).then_some(())
-        },
-    )
-    .await;
-}
-
 /// The object's bytes in `site`'s own store, if READY there.
 async fn held(site: &Site, bucket: &str, key: &str) -> Option<Vec<u8>> {
     let url = site.url(&format!("/replicator/remote/buckets/{bucket}/{key}"));
@@ -106,7 +90,7 @@ fn versions(e: &[Value]) -> Vec<String> {
 async fn retry_without_version_requeues_the_current_version_and_keeps_the_stale_one() {
     let (a, mut b) = two_sites().await;
     create_bucket(&a, "twice").await;
-    bucket_at(&b, "twice").await;
+    bucket_arrives(&b, "twice").await;
     b.kill9();
     put_object(&a, "twice", "k", b"old version".to_vec()).await;
     let (old_id, _) = version_of(&a, "twice", "k").await;
@@ -158,7 +142,7 @@ async fn retry_without_version_requeues_the_current_version_and_keeps_the_stale_
 async fn a_failed_delete_and_a_failed_create_keep_their_own_entries() {
     let (a, mut b) = two_sites().await;
     create_bucket(&a, "churn").await;
-    bucket_at(&b, "churn").await;
+    bucket_arrives(&b, "churn").await;
     put_object(&a, "churn", "k", b"first".to_vec()).await;
     eventually(Duration::from_secs(60), "first at B", || async {
         held(&b, "churn", "k").await.map(|_| ())
@@ -219,7 +203,7 @@ async fn a_failed_delete_and_a_failed_create_keep_their_own_entries() {
 async fn last_modified_is_the_objects_and_bucket_orders_are_retryable() {
     let (a, mut b) = two_sites().await;
     create_bucket(&a, "dated").await;
-    bucket_at(&b, "dated").await;
+    bucket_arrives(&b, "dated").await;
     b.kill9();
     put_object(&a, "dated", "k", b"x".to_vec()).await;
     let (_, creation) = version_of(&a, "dated", "k").await;
@@ -255,7 +239,7 @@ async fn last_modified_is_the_objects_and_bucket_orders_are_retryable() {
     let answer = answer.as_array().unwrap();
     assert_eq!(answer.len(), 2, "{answer:?}");
     assert_eq!(answer[1]["LastModified"], creation.as_str());
-    bucket_at(&b, "late-bucket").await;
+    bucket_arrives(&b, "late-bucket").await;
     assert!(entries(&a, "late-bucket", "*").await.is_empty());
 }
 

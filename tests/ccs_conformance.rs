@@ -16,24 +16,6 @@ const BUCKET: &str = "shared";
 /// Replication off: a copy exists only where the test writes it.
 const SITE_EXTRA: &str = "[replication]\nenabled = false\n[topology]\npeer_timeout_ms = 3000\n";
 
-async fn meshed_sites(ids: &[&str], extra: &str) -> Vec<Site> {
-    let sites: Vec<Site> = ids.iter().map(|id| Site::start(id, extra)).collect();
-    mesh(&sites.iter().collect::<Vec<_>>()).await;
-    sites
-}
-
-fn local(site: &Site, path: &str) -> String {
-    site.url(&format!("/replicator/local/buckets/{path}"))
-}
-
-fn remote(site: &Site, path: &str) -> String {
-    site.url(&format!("/replicator/remote/buckets/{path}"))
-}
-
-fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 /// HEAD `url`: (status, type).
 async fn head(url: String) -> (u16, String) {
     let r = client().head(url).send().await.unwrap();

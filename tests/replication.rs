@@ -200,7 +200,7 @@ async fn orders_wait_for_a_peer_that_is_down() {
         "[replication]\nmax_attempts = 50\nbackoff_initial_ms = 100\nbackoff_max_ms = 300\n";
     let (a, mut b, c) = three_sites(slow_retry).await;
     create_bucket(&a, "outage").await;
-    converged_bucket(&b, "outage").await;
+    bucket_arrives(&b, "outage").await;
     b.kill9();
     let body = data(50_000, 7);
     put_object(&a, "outage", "waits", body.clone()).await;
@@ -227,28 +227,12 @@ async fn orders_wait_for_a_peer_that_is_down() {
     converged(&b, "outage", "waits", &body).await;
 }
 
-async fn converged_bucket(site: &Site, bucket: &str) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("bucket {bucket} at {}", site.id),
-        || async {
-            let r = client()
-                .head(site.url(&format!("/replicator/remote/buckets/{bucket}")))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 204).then_some(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn exhausted_orders_are_listed_paged_and_retried() {
     // A peer that stays down: orders end as failed operations once they are 3 s old.
     let (a, mut b, _c) = three_sites(&format!("{FAST}max_order_age_secs = 3\n")).await;
     create_bucket(&a, "failing").await;
-    converged_bucket(&b, "failing").await;
+    bucket_arrives(&b, "failing").await;
     b.kill9();
     let http = client();
     let puts = (0..260).map(|i| {
@@ -384,7 +368,7 @@ async fn backbeat_errors_use_its_envelope() {
 async fn paused_peer_gets_nothing_until_resumed() {
     let (a, b, c) = three_sites(FAST).await;
     create_bucket(&a, "paused").await;
-    converged_bucket(&b, "paused").await;
+    bucket_arrives(&b, "paused").await;
     let http = reqwest::Client::new();
     assert_eq!(
         http.post(a.url("/_/backbeat/api/crr/pause/site-b"))
@@ -433,8 +417,8 @@ async fn paused_peer_gets_nothing_until_resumed() {
 async fn corrupt_source_bytes_never_become_a_replica() {
     let (a, b, c) = three_sites(FAST).await;
     create_bucket(&a, "corrupt").await;
-    converged_bucket(&b, "corrupt").await;
-    converged_bucket(&c, "corrupt").await;
+    bucket_arrives(&b, "corrupt").await;
+    bucket_arrives(&c, "corrupt").await;
     let http = reqwest::Client::new();
     http.post(a.url("/_/backbeat/api/crr/pause"))
         .send()
@@ -549,7 +533,7 @@ async fn a_brief_peer_restart_loses_nothing() {
         "[replication]\nworkers = 4\nmax_attempts = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n";
     let (a, mut b, _c) = three_sites(one_attempt).await;
     create_bucket(&a, "restart").await;
-    converged_bucket(&b, "restart").await;
+    bucket_arrives(&b, "restart").await;
     b.kill9();
     for i in 0..20u8 {
         put_object(&a, "restart", &format!("k-{i}"), vec![i; 1000]).await;

@@ -26,24 +26,6 @@ const BUCKET: &str = "shared";
 /// enough that "answered quickly" cannot be the timeout firing.
 const SITE_EXTRA: &str = "[replication]\nenabled = false\n[topology]\npeer_timeout_ms = 3000\n";
 
-async fn meshed_sites(ids: &[&str], extra: &str) -> Vec<Site> {
-    let sites: Vec<Site> = ids.iter().map(|id| Site::start(id, extra)).collect();
-    mesh(&sites.iter().collect::<Vec<_>>()).await;
-    sites
-}
-
-fn local(site: &Site, path: &str) -> String {
-    site.url(&format!("/replicator/local/buckets/{path}"))
-}
-
-fn remote(site: &Site, path: &str) -> String {
-    site.url(&format!("/replicator/remote/buckets/{path}"))
-}
-
-fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
-    r.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 /// Status and elapsed time of a request.
 async fn timed(req: reqwest::RequestBuilder) -> (Response, Duration) {
     let started = Instant::now();

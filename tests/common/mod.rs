@@ -332,3 +332,41 @@ pub fn refuses_to_start(config: &str) -> String {
     assert!(!stderr.contains("listening on"), "{stderr}");
     stderr
 }
+
+/// Sites `ids` started with `extra`, each knowing all the others.
+pub async fn meshed_sites(ids: &[&str], extra: &str) -> Vec<Site> {
+    let sites: Vec<Site> = ids.iter().map(|id| Site::start(id, extra)).collect();
+    mesh(&sites.iter().collect::<Vec<_>>()).await;
+    sites
+}
+
+/// URL of a replicator local route (`/replicator/local/buckets/{path}`).
+pub fn local(site: &Site, path: &str) -> String {
+    site.url(&format!("/replicator/local/buckets/{path}"))
+}
+
+/// URL of a replicator remote route (`/replicator/remote/buckets/{path}`).
+pub fn remote(site: &Site, path: &str) -> String {
+    site.url(&format!("/replicator/remote/buckets/{path}"))
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Waits (up to 30 s) until `site` holds `bucket` itself (remote bucket HEAD answers 204).
+pub async fn bucket_arrives(site: &Site, bucket: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("bucket {bucket} at {}", site.id),
+        || async {
+            let r = client()
+                .head(site.url(&format!("/replicator/remote/buckets/{bucket}")))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 204).then_some(())
+        },
+    )
+    .await;
+}
