@@ -245,6 +245,19 @@ async fn every_control_family_answers_401_in_its_envelope() {
         "Authorization header is invalid."
     );
     assert_eq!(body["error"]["domain"], "DisasterRecovery");
+    // The task and RPO routes are DR reads too: 401 without a token, open to a DR reader.
+    let reader = token(&site, "reader", "reader-pw", None).await;
+    let task = "/api/dr/v2/tasks/6f1b5b5e-0000-4000-8000-000000000000";
+    let rpo = format!("{DR_SERVER}/rpo");
+    for path in [task, rpo.as_str()] {
+        let r = get(&site, path, None).await;
+        assert_eq!(r.status(), 401, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "Unauthorized", "{path}");
+        assert_eq!(body["error"]["domain"], "DisasterRecovery", "{path}");
+        let r = get(&site, path, Some(&reader)).await;
+        assert!(passed(r.status()), "{path}: {}", r.status());
+    }
 
     let r = get(&site, "/replicas/rse/site-a", None).await;
     assert_eq!(r.status(), 401);
@@ -266,7 +279,6 @@ async fn every_control_family_answers_401_in_its_envelope() {
     }
 
     // Rucio also takes its token in X-Rucio-Auth-Token.
-    let reader = token(&site, "reader", "reader-pw", None).await;
     let r = http()
         .get(site.url("/replicas/rse/site-a"))
         .header("X-Rucio-Auth-Token", &reader)

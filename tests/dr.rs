@@ -492,3 +492,124 @@ async fn one_dr_state_per_server_whichever_site_is_asked() {
         assert_eq!(server_status(s, &server).await, "STAND_BY");
     }
 }
+
+/// Orders that ran out of age while the primary was still away end as failed operations; the
+/// failback queues them again and completes only once they are delivered and verified.
+#[tokio::test]
+async fn a_failback_retries_the_failed_operations_of_the_failover() {
+    let cfg = format!("{FAST}max_order_age_secs = 2\n");
+    let (mut a, b) = (Site::start("site-a", &cfg), Site::start("site-b", &cfg));
+    mesh(&[&a, &b]).await;
+    create_bucket(&a, "retried").await;
+    eventually(Duration::from_secs(20), "bucket at B", || async {
+        let r = client()
+            .get(b.url("/cloudclonestore/retried"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() != 404).then_some(())
+    })
+    .await;
+    a.kill9();
+    let server = recovery_uuid("site-a", "site-b");
+    let (status, started) = action(&b, &server, "start_failover_prod").await;
+    assert_eq!(status, 202, "{started}");
+    task_ends(&b, started["task_uuid"].as_str().unwrap()).await;
+    put_object(&b, "retried", "during", data(8000, 4)).await;
+
+    // The failback marks A UP while A is still away: the order fails until it is too old and
+    // becomes a failed operation, which the failback queues again.
+    let (status, stop) = action(&b, &server, "stop_failover").await;
+    assert_eq!(status, 202, "{stop}");
+    let stop_task = stop["task_uuid"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(task(&b, &stop_task).await["status"], "Running");
+    a.restart();
+    let t = task_ends(&b, &stop_task).await;
+    assert_eq!(t["status"], "Completed", "{t}");
+    assert!(
+        t["result"]["failedOperationsRetried"].as_u64().unwrap() >= 1,
+        "the failed operation was part of the failback: {t}"
+    );
+    let r = client()
+        .head(a.url("/replicator/remote/buckets/retried/during"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "delivered to the primary");
+    let failed: Value = reqwest::get(b.url("/_/backbeat/api/crr/failed/retried/during"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["Versions"], json!([]), "{failed}");
+    assert_eq!(server_status(&b, &server).await, "STAND_BY");
+}
+
+/// DR tasks of one kind wait for that kind's slots; a failback cancelled while Pending ends at
+/// once and rolls its server back to a stable status at every site.
+#[tokio::test]
+async fn a_failback_cancelled_while_pending_leaves_its_server_stable() {
+    let cfg = format!("{FAST}[dr]\nmax_concurrent_tasks = 1\n");
+    let (mut a, b, c) = (
+        Site::start("site-a", &cfg),
+        Site::start("site-b", &cfg),
+        Site::start("site-c", &cfg),
+    );
+    mesh(&[&a, &b, &c]).await;
+    create_bucket(&a, "slots").await;
+    eventually(Duration::from_secs(20), "bucket at B", || async {
+        let r = client()
+            .get(b.url("/cloudclonestore/slots"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() != 404).then_some(())
+    })
+    .await;
+    a.kill9();
+    let (from_a, from_c) = (
+        recovery_uuid("site-a", "site-b"),
+        recovery_uuid("site-c", "site-b"),
+    );
+    for server in [&from_a, &from_c] {
+        let (status, started) = action(&b, server, "start_failover_prod").await;
+        assert_eq!(status, 202, "{started}");
+        let t = task_ends(&b, started["task_uuid"].as_str().unwrap()).await;
+        assert_eq!(t["status"], "Completed", "{t}");
+    }
+    put_object(&b, "slots", "during", data(6000, 5)).await;
+
+    // A's failback holds B's only failback slot while A is away; C's waits Pending.
+    let (status, first) = action(&b, &from_a, "stop_failover").await;
+    assert_eq!(status, 202, "{first}");
+    let first = first["task_uuid"].as_str().unwrap().to_owned();
+    let (status, second) = action(&c, &from_c, "stop_failover").await;
+    assert_eq!(status, 202, "through C: {second}");
+    let second = second["task_uuid"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(task(&b, &first).await["status"], "Running");
+    assert_eq!(task(&b, &second).await["status"], "Pending");
+
+    let r = reqwest::Client::new()
+        .post(c.url(&format!("/api/dr/v2/tasks/{second}:cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let t = task_ends(&b, &second).await;
+    assert_eq!(t["status"], "Cancelled", "{t}");
+    for site in [&b, &c] {
+        assert_eq!(
+            server_status(site, &from_c).await,
+            "FAILOVER_PROD",
+            "rolled back, never left STOPPING_FAILOVER"
+        );
+    }
+    a.restart();
+    let t = task_ends(&b, &first).await;
+    assert_eq!(t["status"], "Completed", "{t}");
+    assert_eq!(server_status(&c, &from_a).await, "STAND_BY");
+    assert_eq!(server_status(&b, &from_c).await, "FAILOVER_PROD");
+}

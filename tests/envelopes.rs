@@ -112,6 +112,11 @@ async fn rejections_before_handlers_use_the_family_envelope() {
     assert_eq!(a.status, 400, "{}", a.json);
     assert_eq!(a.json["error"]["statusCode"], 400);
     assert!(a.json["error"]["briefSummary"].is_string());
+    // An unknown path under /api/ is Alfresco's, in Alfresco's envelope.
+    let a = send(get.clone(), &site, "/api/nope").await;
+    assert_eq!(a.status, 404, "{}", a.json);
+    assert_eq!(a.json["error"]["statusCode"], 404);
+    assert!(a.json["error"]["briefSummary"].is_string());
     let a = send(get, &site, "/api/dr/v2/nope").await;
     assert_eq!(a.status, 404, "{}", a.json);
     assert_eq!(a.json["error"]["domain"], "DisasterRecovery");

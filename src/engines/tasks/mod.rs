@@ -286,3 +286,6 @@ async fn finish(
     tracing::info!(status = to, "task ended");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
