@@ -50,6 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let state = state::AppState::open(config, public_url).await?;
     let router = router::router(&state);
     state.start().await?;
+    api::status::publish_periodically(state.clone());
     tracing::info!(site = %state.site_id, url = %state.public_url, "listening on {addr}");
     http::server::serve(listener, router, options, shutdown).await;
     tracing::info!("stopped");

@@ -34,6 +34,23 @@ enum Command {
         #[arg(long, default_value = "import")]
         client_id: String,
     },
+    /// The status of a running site and its peers, worst problem first; exits 2 when a peer
+    /// is behind.
+    Status {
+        /// The site's config file (its URL, TLS and token client).
+        #[arg(long, conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The site's URL (a bearer token may come from MIRRORGATE_TOKEN).
+        #[arg(long)]
+        url: Option<String>,
+        /// Refresh every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// A peer whose oldest pending order is older than this is behind (default: the
+        /// site's DR RPO threshold).
+        #[arg(long)]
+        behind_secs: Option<u64>,
+    },
     /// Replication definitions (the site must be serving).
     Definitions {
         #[command(subcommand)]
@@ -90,17 +107,59 @@ fn main() -> std::process::ExitCode {
                     Command::Definitions {
                         action: DefinitionsAction::Run { name, config },
                     } => mirrorgate::cli::definitions::run(&Config::load(&config)?, &name).await,
+                    Command::Status {
+                        config,
+                        url,
+                        watch,
+                        behind_secs,
+                    } => status(config, url, watch, behind_secs).await,
                 }
             })
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<Behind>() => {
+            eprintln!("mirrorgate: {e:#}");
+            std::process::ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("mirrorgate: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
 }
+
+/// `mirrorgate status`: an error when a peer is behind, so the exit status says so.
+async fn status(
+    config: Option<PathBuf>,
+    url: Option<String>,
+    watch: bool,
+    behind_secs: Option<u64>,
+) -> anyhow::Result<()> {
+    use mirrorgate::cli::status::{run, Source};
+    let source = match (config, url) {
+        (_, Some(url)) => Source::from_url(&url)?,
+        (Some(path), None) => Source::from_config(&Config::load(&path)?).await?,
+        (None, None) => Source::from_url("http://127.0.0.1:8080")?,
+    };
+    if run(&source, watch, behind_secs).await? {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(Behind))
+    }
+}
+
+/// A peer is behind: exit status 2 (1 is for errors).
+#[derive(Debug)]
+struct Behind;
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a peer is behind")
+    }
+}
+
+impl std::error::Error for Behind {}
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {

@@ -40,7 +40,8 @@ pub fn router(state: &AppState) -> Router {
         .merge(api::backbeat::routes())
         .merge(api::rucio::routes())
         .merge(api::alfresco::routes())
-        .merge(api::dr::routes());
+        .merge(api::dr::routes())
+        .merge(api::status::routes());
     Router::new()
         .merge(public)
         .merge(client)

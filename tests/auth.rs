@@ -269,6 +269,7 @@ async fn every_control_family_answers_401_in_its_envelope() {
     for path in [
         "/api/replication-definitions",
         "/alfresco/service/api/running-actions",
+        "/api/status",
     ] {
         let r = get(&site, path, None).await;
         assert_eq!(r.status(), 401, "{path}");
@@ -368,6 +369,8 @@ async fn scopes_decide_between_403_and_the_route() {
             .await
             .status()
     ));
+    assert_eq!(get(&site, "/api/status", Some(&reader)).await.status(), 200);
+    assert_eq!(get(&site, "/api/status", Some(&nobody)).await.status(), 403);
 }
 
 #[tokio::test]

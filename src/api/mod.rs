@@ -8,6 +8,7 @@ pub mod backbeat;
 pub mod ccs;
 pub mod dr;
 pub mod rucio;
+pub mod status;
 pub mod trust;
 
 #[cfg(test)]

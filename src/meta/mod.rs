@@ -6,6 +6,7 @@ pub mod dr;
 mod import;
 pub mod replicas;
 pub mod replication;
+pub mod status;
 pub mod tasks;
 
 use std::collections::BTreeMap;

@@ -70,6 +70,34 @@ struct CacheEntry {
 struct PeerHealth {
     consecutive_failures: u32,
     skip_until: Option<Instant>,
+    /// Wall-clock times of the last call (or probe) that succeeded and that failed (for the
+    /// operator's status view).
+    last_ok_ms: Option<i64>,
+    last_failure_ms: Option<i64>,
+}
+
+/// What this site last heard from a peer.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Contact {
+    /// When a call to the peer last succeeded (ms since the epoch), if ever since start.
+    pub last_ok_ms: Option<i64>,
+    /// Calls that failed since the last success.
+    pub consecutive_failures: u32,
+    /// When a call to the peer last failed.
+    pub last_failure_ms: Option<i64>,
+    /// Whether calls to the peer are being skipped after repeated failures.
+    pub skipped: bool,
+}
+
+impl Contact {
+    /// The peer answered more recently than it failed.
+    pub fn answering(&self) -> bool {
+        match (self.last_ok_ms, self.last_failure_ms) {
+            (_, None) => true,
+            (Some(ok), Some(failed)) => ok >= failed,
+            (None, Some(_)) => false,
+        }
+    }
 }
 
 /// Who the caller is, forwarded to the peer.
@@ -390,6 +418,26 @@ impl TopologyService {
             .is_some_and(|until| until > Instant::now())
     }
 
+    /// What this site last heard from `peer`.
+    pub fn contact(&self, peer: &str) -> Contact {
+        self.health
+            .get(peer)
+            .map(|h| Contact {
+                last_ok_ms: h.last_ok_ms,
+                last_failure_ms: h.last_failure_ms,
+                consecutive_failures: h.consecutive_failures,
+                skipped: h.skip_until.is_some_and(|until| until > Instant::now()),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Notes that `peer` answered a liveness probe (last contact only: the failure counters
+    /// belong to real calls).
+    pub fn seen(&self, peer: &str) {
+        self.health.entry(peer.to_owned()).or_default().last_ok_ms =
+            Some(crate::meta::replication::now_ms());
+    }
+
     /// Records the outcome of a call to a peer (for skipping peers that keep failing).
     pub fn record(&self, peer: &str, ok: bool, started: Instant) {
         metrics::histogram!("mirrorgate_peer_request_duration_seconds", "peer" => peer.to_owned())
@@ -398,10 +446,12 @@ impl TopologyService {
         if ok {
             h.consecutive_failures = 0;
             h.skip_until = None;
+            h.last_ok_ms = Some(crate::meta::replication::now_ms());
         } else {
             metrics::counter!("mirrorgate_peer_errors_total", "peer" => peer.to_owned())
                 .increment(1);
             h.consecutive_failures += 1;
+            h.last_failure_ms = Some(crate::meta::replication::now_ms());
             if h.consecutive_failures >= self.config.peer_failure_threshold {
                 h.skip_until =
                     Some(Instant::now() + Duration::from_millis(self.config.peer_backoff_ms));

@@ -47,7 +47,9 @@ pub async fn probe_once(topology: &TopologyService) {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            if !ok {
+            if ok {
+                topology.seen(&peer.id);
+            } else {
                 tracing::info!(peer = %peer.id, "liveness probe failed");
                 topology.record(&peer.id, false, started);
             }

@@ -1,0 +1,164 @@
+//! The operator's status view on a three-site mesh with a paused peer and a peer that is away:
+//! `GET /api/status`, the Prometheus gauges and `mirrorgate status` say the same thing, and
+//! all three clear once the peer is back and its failed operations are retried.
+
+mod common;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Fast retries; orders fail for good once 3 s old; a fast liveness probe.
+const FAST: &str = "[replication]\nworkers = 4\nmax_attempts = 3\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\nmax_order_age_secs = 3\n[topology]\nprobe_interval_ms = 200\n";
+
+async fn status(site: &Site) -> Value {
+    let r = reqwest::get(site.url("/api/status?behind_secs=1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn peer<'a>(view: &'a Value, id: &str) -> &'a Value {
+    view["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {view}"))
+}
+
+/// `mirrorgate status --url ... --behind-secs 1`: its exit code and what it printed.
+fn cli(site: &Site) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mirrorgate"))
+        .args(["status", "--url", &site.url, "--behind-secs", "1"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn backbeat(site: &Site, method: reqwest::Method, path: &str, body: Value) -> u16 {
+    reqwest::Client::new()
+        .request(method, site.url(&format!("/_/backbeat/api/{path}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
+    let sites = meshed_sites(&["site-a", "site-b", "site-c"], FAST).await;
+    let (a, mut b, c) = {
+        let mut it = sites.into_iter();
+        (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+    };
+    create_bucket(&a, "watched").await;
+    bucket_arrives(&b, "watched").await;
+    bucket_arrives(&c, "watched").await;
+    let post = reqwest::Method::POST;
+    assert_eq!(
+        backbeat(&a, post.clone(), "crr/pause/site-c", json!({})).await,
+        200
+    );
+    b.kill9();
+    for i in 0..3 {
+        put_object(&a, "watched", &format!("k{i}"), data(2000, i)).await;
+    }
+
+    // B's orders age out into failed operations; C's wait behind the pause.
+    let view = eventually(Duration::from_secs(60), "failures towards B", || async {
+        let v = status(&a).await;
+        let b = peer(&v, "site-b");
+        (b["failures"]["total"] == 3 && b["reachable"] == false).then_some(v)
+    })
+    .await;
+    assert_eq!(view["site"]["id"], "site-a");
+    let (pb, pc) = (peer(&view, "site-b"), peer(&view, "site-c"));
+    let reason = &pb["failures"]["byReason"][0];
+    assert_eq!(reason["count"], 3, "{pb}");
+    assert!(!reason["reason"].as_str().unwrap().is_empty(), "{pb}");
+    assert_eq!(reason["examples"][0][0], "watched", "{pb}");
+    assert_eq!(pc["paused"], true, "{pc}");
+    assert_eq!(pc["reachable"], true, "{pc}");
+    let backlog = pc["backlog"]["objects"].as_i64().unwrap();
+    assert!(backlog >= 3, "{pc}");
+    assert!(pc["backlog"]["bytes"].as_i64().unwrap() >= 6000, "{pc}");
+    assert!(pc["lastContactAt"].is_i64(), "{pc}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let view = status(&a).await;
+    assert_eq!(peer(&view, "site-c")["behind"], true, "{view}");
+    assert!(view["worst"].is_string(), "{view}");
+
+    // The same figures as Prometheus gauges.
+    let failed = a
+        .metric("mirrorgate_replication_failed_operations{peer=\"site-b\"}")
+        .await;
+    assert_eq!(failed, 3.0);
+    assert_eq!(
+        a.metric("mirrorgate_peer_reachable{peer=\"site-b\"}").await,
+        0.0
+    );
+    assert_eq!(
+        a.metric("mirrorgate_peer_reachable{peer=\"site-c\"}").await,
+        1.0
+    );
+
+    // The command: a table with both peers, C paused with its backlog, B's failure reason,
+    // and exit status 2 because C is behind.
+    let (code, out) = cli(&a);
+    assert_eq!(code, Some(2), "{out}");
+    let row = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id}: {out}"))
+            .to_owned()
+    };
+    assert!(row("site-c").contains("PAUSE"), "{out}");
+    let c_backlog = peer(&view, "site-c")["backlog"]["objects"].to_string();
+    assert!(
+        row("site-c").split_whitespace().any(|w| w == c_backlog),
+        "{out}"
+    );
+    assert!(row("site-b").contains(" no "), "{out}");
+    let why = reason["reason"].as_str().unwrap();
+    assert!(
+        out.contains(&format!("failed towards site-b: 3 x {why:?}")),
+        "{out}"
+    );
+
+    // Back to normal: B returns, its failed operations are retried, C resumes.
+    b.restart();
+    let entries: Vec<Value> = (0..3)
+        .map(|i| json!({"Bucket": "watched", "Key": format!("k{i}"), "StorageClass": "site-b"}))
+        .collect();
+    assert_eq!(
+        backbeat(&a, post.clone(), "crr/failed", json!(entries)).await,
+        200
+    );
+    assert_eq!(
+        backbeat(&a, post, "crr/resume/site-c", json!({})).await,
+        200
+    );
+    let mut last = Value::Null;
+    for _ in 0..240 {
+        last = status(&a).await;
+        let clean = last["peers"].as_array().unwrap().iter().all(|p| {
+            p["backlog"]["objects"] == 0 && p["failures"]["total"] == 0 && p["reachable"] == true
+        });
+        if clean && last["worst"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(last["worst"].is_null(), "never clean: {last}");
+    let (code, out) = cli(&a);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("worst: all peers are in step"), "{out}");
+}
