@@ -2,7 +2,8 @@
 //!
 //! | class    | who                          | how it is checked                          |
 //! |----------|------------------------------|--------------------------------------------|
-//! | public   | anyone                       | nothing (`/healthz`, `/metrics`, token)    |
+//! | public   | anyone                       | nothing (`/healthz`, `/metrics`, token,    |
+//! |          |                              | the static `/console` page)                |
 //! | client   | storage nodes (data plane)   | `x-clonecloudstore-client-id` (CCS model); |
 //! |          |                              | with `[auth] data_plane`: a bearer token   |
 //! |          |                              | naming the client (`api::trust`)           |
@@ -25,6 +26,7 @@ pub fn router(state: &AppState) -> Router {
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(http::metrics::render))
+        .merge(api::console::routes())
         .merge(http::auth::routes(&auth));
     let client = Router::new()
         .merge(api::ccs::accessor::routes())

@@ -52,8 +52,10 @@ async fn backbeat(site: &Site, method: reqwest::Method, path: &str, body: Value)
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
+/// Three sites; A's replication to C paused, B killed; three objects written at A, whose
+/// orders to B end as failed operations and wait behind the pause for C. Answers the sites and
+/// A's status once B's three failures show.
+async fn a_paused_peer_and_a_peer_that_is_away() -> (Site, Site, Site, Value) {
     let sites = meshed_sites(&["site-a", "site-b", "site-c"], FAST).await;
     let (a, mut b, c) = {
         let mut it = sites.into_iter();
@@ -62,24 +64,32 @@ async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
     create_bucket(&a, "watched").await;
     bucket_arrives(&b, "watched").await;
     bucket_arrives(&c, "watched").await;
-    let post = reqwest::Method::POST;
-    assert_eq!(
-        backbeat(&a, post.clone(), "crr/pause/site-c", json!({})).await,
-        200
-    );
+    let pause = backbeat(&a, reqwest::Method::POST, "crr/pause/site-c", json!({})).await;
+    assert_eq!(pause, 200);
     b.kill9();
     for i in 0..3 {
         put_object(&a, "watched", &format!("k{i}"), data(2000, i)).await;
     }
-
-    // B's orders age out into failed operations; C's wait behind the pause.
     let view = eventually(Duration::from_secs(60), "failures towards B", || async {
         let v = status(&a).await;
         let b = peer(&v, "site-b");
         (b["failures"]["total"] == 3 && b["reachable"] == false).then_some(v)
     })
     .await;
-    assert_eq!(view["site"]["id"], "site-a");
+    (a, b, c, view)
+}
+
+/// B back, its failed operations retried (through `retry`), C resumed.
+async fn back_to_normal(a: &Site, b: &mut Site, retry: impl std::future::Future<Output = ()>) {
+    b.restart();
+    retry.await;
+    let resume = backbeat(a, reqwest::Method::POST, "crr/resume/site-c", json!({})).await;
+    assert_eq!(resume, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
+    let (a, mut b, _c, view) = a_paused_peer_and_a_peer_that_is_away().await;
     let (pb, pc) = (peer(&view, "site-b"), peer(&view, "site-c"));
     let reason = &pb["failures"]["byReason"][0];
     assert_eq!(reason["count"], 3, "{pb}");
@@ -113,6 +123,7 @@ async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
     // The command: a table with both peers, C paused with its backlog, B's failure reason,
     // and exit status 2 because C is behind.
     let (code, out) = cli(&a);
+    eprintln!("mirrorgate status --behind-secs 1:\n{out}");
     assert_eq!(code, Some(2), "{out}");
     let row = |id: &str| {
         out.lines()
@@ -134,18 +145,14 @@ async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
     );
 
     // Back to normal: B returns, its failed operations are retried, C resumes.
-    b.restart();
     let entries: Vec<Value> = (0..3)
         .map(|i| json!({"Bucket": "watched", "Key": format!("k{i}"), "StorageClass": "site-b"}))
         .collect();
-    assert_eq!(
-        backbeat(&a, post.clone(), "crr/failed", json!(entries)).await,
-        200
-    );
-    assert_eq!(
-        backbeat(&a, post, "crr/resume/site-c", json!({})).await,
-        200
-    );
+    let retry = async {
+        let retried = backbeat(&a, reqwest::Method::POST, "crr/failed", json!(entries)).await;
+        assert_eq!(retried, 200);
+    };
+    back_to_normal(&a, &mut b, retry).await;
     let mut last = Value::Null;
     for _ in 0..240 {
         last = status(&a).await;
@@ -161,4 +168,73 @@ async fn json_metrics_and_cli_agree_on_a_paused_peer_and_a_peer_that_is_away() {
     let (code, out) = cli(&a);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("worst: all peers are in step"), "{out}");
+}
+
+/// The console in a real browser (headless chromium) shows what the JSON and the command say:
+/// the backlog of the paused peer, the failure reason; its retry button empties the list.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_the_mesh_and_its_retry_empties_the_failed_list() {
+    let (a, mut b, _c, view) = a_paused_peer_and_a_peer_that_is_away().await;
+    let browser = common::browser::Browser::start().await;
+    browser.goto(&a.url("/console")).await;
+    let backlog = peer(&view, "site-c")["backlog"]["objects"].to_string();
+    let cell = r#"#peers tr[data-peer="site-c"] .backlog"#;
+    eventually(
+        Duration::from_secs(20),
+        "the console's peer table",
+        || async { (browser.text(cell).await? == backlog).then_some(()) },
+    )
+    .await;
+    let status_cell = r#"#peers tr[data-peer="site-c"] .status"#;
+    assert_eq!(browser.text(status_cell).await.unwrap(), "PAUSED");
+    let (_, out) = cli(&a);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("site-c"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        row.split_whitespace().any(|w| w == backlog),
+        "the command agrees: {out}"
+    );
+    let reason = peer(&view, "site-b")["failures"]["byReason"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(20), "B's failures listed", || async {
+        let reasons = browser.text("#failed-reasons").await?;
+        let rows = browser.count("#failed-list tbody tr").await;
+        (reasons.contains(&reason) && rows == 3).then_some(())
+    })
+    .await;
+    assert!(browser.text("#worst").await.unwrap().contains("site-"));
+    if let Ok(path) = std::env::var("MIRRORGATE_CONSOLE_SCREENSHOT") {
+        std::fs::write(path, browser.screenshot().await).unwrap();
+    }
+
+    let retry = browser.click("#retry-page");
+    back_to_normal(&a, &mut b, retry).await;
+    eventually(Duration::from_secs(60), "an empty failed list", || async {
+        let empty = browser
+            .eval(
+                "return !document.querySelector(arguments[0]).hidden;",
+                "#failed-empty",
+            )
+            .await;
+        let failed = browser
+            .text(r#"#peers tr[data-peer="site-b"] .failed"#)
+            .await?;
+        (empty == true && failed == "0").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(60), "B delivered", || async {
+        let r = client()
+            .head(b.url("/replicator/remote/buckets/watched/k2"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 204).then_some(())
+    })
+    .await;
+    browser.quit().await;
 }

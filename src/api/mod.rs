@@ -6,6 +6,7 @@ pub mod admin;
 pub mod alfresco;
 pub mod backbeat;
 pub mod ccs;
+pub mod console;
 pub mod dr;
 pub mod rucio;
 pub mod status;

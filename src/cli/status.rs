@@ -109,17 +109,8 @@ pub fn render(view: &Value) -> String {
     let _ = writeln!(out, "worst: {worst}\n");
     let _ = writeln!(
         out,
-        "{:<16} {:<5} {:<5} {:<12} {:>9} {:>10} {:>9} {:>11} {:>7}  {}",
-        "PEER",
-        "STATE",
-        "REACH",
-        "LAST SEEN",
-        "BACKLOG",
-        "BYTES",
-        "OLDEST",
-        "RATE(5m)",
-        "FAILED",
-        "PROBLEM"
+        "{:<16} {:<5} {:<5} {:<12} {:>9} {:>10} {:>9} {:>11} {:>7}  PROBLEM",
+        "PEER", "STATE", "REACH", "LAST SEEN", "BACKLOG", "BYTES", "OLDEST", "RATE(5m)", "FAILED",
     );
     for p in peers(view) {
         let _ = writeln!(
