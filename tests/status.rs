@@ -238,3 +238,88 @@ async fn the_console_shows_the_mesh_and_its_retry_empties_the_failed_list() {
     .await;
     browser.quit().await;
 }
+
+/// The console stays usable at scale: 50 peers and 10,000 failed operations (written straight
+/// into the site's metadata, as if they had piled up) show as counts, and the failed list pages
+/// through them 100 at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_pages_10000_failed_operations_across_50_peers() {
+    let a = Site::start("site-a", "");
+    for i in 0..50 {
+        let peer = json!({"id": format!("peer-{i:02}"), "name": "p", "uri": "http://127.0.0.1:9", "status": "UP"});
+        let r = client()
+            .post(a.url("/administration/topologies"))
+            .json(&peer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let url = format!("sqlite://{}", a.dir.join("meta.db").display());
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for n in 0..10_000 {
+        sqlx::query(
+            "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at, modified)
+             VALUES ($1, $2, 'c', 'b', $3, 'v', 10, 'h', 'CREATE', 3, 'peer unreachable', $4, $4)",
+        )
+        .bind(format!("op-{n}"))
+        .bind(format!("peer-{:02}", n % 50))
+        .bind(format!("k{n:05}"))
+        .bind(1_700_000_000_000_i64 + n)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    db.close().await;
+
+    let view = status(&a).await;
+    let peers = view["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 50);
+    let total: i64 = peers
+        .iter()
+        .map(|p| p["failures"]["total"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 10_000);
+
+    let browser = common::browser::Browser::start().await;
+    browser.goto(&a.url("/console")).await;
+    eventually(
+        Duration::from_secs(30),
+        "50 peers and a full page",
+        || async {
+            let rows = browser.count("#peers tbody tr").await;
+            let nodes = browser.count("#graph circle").await;
+            let listed = browser.count("#failed-list tbody tr").await;
+            (rows == 50 && nodes == 51 && listed == 100).then_some(())
+        },
+    )
+    .await;
+    let first = browser
+        .text("#failed-list tbody tr td:nth-child(2)")
+        .await
+        .unwrap();
+    browser.click("#failed-next").await;
+    let second = eventually(Duration::from_secs(20), "the second page", || async {
+        let key = browser
+            .text("#failed-list tbody tr td:nth-child(2)")
+            .await?;
+        (key != first && browser.count("#failed-list tbody tr").await == 100).then_some(key)
+    })
+    .await;
+    browser.click("#failed-prev").await;
+    eventually(
+        Duration::from_secs(20),
+        "back to the first page",
+        || async {
+            let key = browser
+                .text("#failed-list tbody tr td:nth-child(2)")
+                .await?;
+            (key == first).then_some(())
+        },
+    )
+    .await;
+    assert_ne!(first, second);
+    browser.quit().await;
+}
