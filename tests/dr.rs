@@ -301,19 +301,7 @@ async fn production_failover_and_failback_with_the_primary_stopped() {
     mesh(&[&a, &b, &c]).await;
     create_bucket(&a, "prod").await;
     put_object(&a, "prod", "before", data(30_000, 1)).await;
-    eventually(
-        Duration::from_secs(20),
-        "replicated before the outage",
-        || async {
-            let r = client()
-                .head(b.url("/replicator/remote/buckets/prod/before"))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 204).then_some(())
-        },
-    )
-    .await;
+    object_arrives(&b, "prod", "before").await;
     a.kill9();
     let server = recovery_uuid("site-a", "site-b");
     let (status, started) = action(&b, &server, "start_failover_prod").await;
@@ -414,15 +402,7 @@ async fn a_failback_that_cannot_prove_delivery_fails_after_its_deadline() {
     let (mut a, b) = (Site::start("site-a", &cfg), Site::start("site-b", &cfg));
     mesh(&[&a, &b]).await;
     create_bucket(&a, "deadline").await;
-    eventually(Duration::from_secs(20), "bucket at B", || async {
-        let r = client()
-            .get(b.url("/cloudclonestore/deadline"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() != 404).then_some(())
-    })
-    .await;
+    bucket_arrives(&b, "deadline").await;
     let server = recovery_uuid("site-a", "site-b");
     let (status, started) = action(&b, &server, "start_failover_prod").await;
     assert_eq!(status, 202, "{started}");
@@ -501,15 +481,7 @@ async fn a_failback_retries_the_failed_operations_of_the_failover() {
     let (mut a, b) = (Site::start("site-a", &cfg), Site::start("site-b", &cfg));
     mesh(&[&a, &b]).await;
     create_bucket(&a, "retried").await;
-    eventually(Duration::from_secs(20), "bucket at B", || async {
-        let r = client()
-            .get(b.url("/cloudclonestore/retried"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() != 404).then_some(())
-    })
-    .await;
+    bucket_arrives(&b, "retried").await;
     a.kill9();
     let server = recovery_uuid("site-a", "site-b");
     let (status, started) = action(&b, &server, "start_failover_prod").await;
@@ -559,15 +531,7 @@ async fn a_failback_cancelled_while_pending_leaves_its_server_stable() {
     );
     mesh(&[&a, &b, &c]).await;
     create_bucket(&a, "slots").await;
-    eventually(Duration::from_secs(20), "bucket at B", || async {
-        let r = client()
-            .get(b.url("/cloudclonestore/slots"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() != 404).then_some(())
-    })
-    .await;
+    bucket_arrives(&b, "slots").await;
     a.kill9();
     let (from_a, from_c) = (
         recovery_uuid("site-a", "site-b"),

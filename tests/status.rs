@@ -227,15 +227,7 @@ async fn the_console_shows_the_mesh_and_its_retry_empties_the_failed_list() {
         (empty == true && failed == "0").then_some(())
     })
     .await;
-    eventually(Duration::from_secs(60), "B delivered", || async {
-        let r = client()
-            .head(b.url("/replicator/remote/buckets/watched/k2"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 204).then_some(())
-    })
-    .await;
+    object_arrives(&b, "watched", "k2").await;
     browser.quit().await;
 }
 

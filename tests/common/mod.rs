@@ -358,12 +358,21 @@ pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 /// Waits (up to 30 s) until `site` holds `bucket` itself (remote bucket HEAD answers 204).
 pub async fn bucket_arrives(site: &Site, bucket: &str) {
+    held_at(site, bucket).await
+}
+
+/// Waits until `site` holds `bucket/key` (its remote HEAD answers 204).
+pub async fn object_arrives(site: &Site, bucket: &str, key: &str) {
+    held_at(site, &format!("{bucket}/{key}")).await
+}
+
+async fn held_at(site: &Site, path: &str) {
     eventually(
         Duration::from_secs(30),
-        &format!("bucket {bucket} at {}", site.id),
+        &format!("{path} at {}", site.id),
         || async {
             let r = client()
-                .head(site.url(&format!("/replicator/remote/buckets/{bucket}")))
+                .head(site.url(&format!("/replicator/remote/buckets/{path}")))
                 .send()
                 .await
                 .ok()?;
