@@ -821,3 +821,69 @@ async fn malformed_requests_get_rucio_errors_and_the_server_keeps_serving() {
     assert_eq!(listing.status, 200);
     assert_eq!(listing.lines()[0]["states"]["site-a"], "BAD");
 }
+
+/// Routes the stock client has beyond the seed: `POST /replicas/bad/dids` declares by DID at an
+/// RSE (forwarded there) and answers the files not declared; `POST /replicas/quarantine` is
+/// refused in Rucio's envelope; `.../datasets_vp` answers as Rucio without a Virtual Placement
+/// service.
+#[tokio::test]
+async fn bad_dids_quarantine_and_datasets_vp() {
+    let (a, b, _c) = three_sites().await;
+    create_bucket(&a, "ddd").await;
+    let body = data(20_000, 9);
+    put_object(&a, "ddd", "x", body.clone()).await;
+    available_everywhere(&a, "ddd", "x").await;
+
+    // Asked at A for B's copies: B declares x (and repairs it), reports nope.
+    let dids = json!([{"scope": "ddd", "name": "x"}, {"scope": "ddd", "name": "nope"}]);
+    let r = post(
+        &a,
+        "/replicas/bad/dids",
+        json!({"dids": dids, "rse": "site-b", "reason": "by did"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json(), json!(["ddd:nope Unknown replica"]));
+    eventually(Duration::from_secs(30), "B's copy declared", || async {
+        let rows = get(&b, "/replicas/bad/states?rse=site-b").await.lines();
+        rows.iter()
+            .any(|r| r["name"] == "x" && r["reason"] == "by did")
+            .then_some(())
+    })
+    .await;
+    post(&a, "/replicas/bad/dids", json!({"dids": dids}))
+        .await
+        .assert_error(400, "KeyError");
+    post(&a, "/replicas/bad/dids", json!({"dids": dids, "rse": "mars"}))
+        .await
+        .assert_error(404, "RSENotFound");
+
+    // Quarantine: nothing to do for an empty list, refused otherwise.
+    let replicas = json!([{"path": "/ddd/dark-file"}]);
+    let r = post(&a, "/replicas/quarantine", json!({"replicas": [], "rse": "site-a"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    post(
+        &a,
+        "/replicas/quarantine",
+        json!({"replicas": replicas, "rse": "site-a"}),
+    )
+    .await
+    .assert_error(409, "UnsupportedOperation");
+    post(
+        &a,
+        "/replicas/quarantine",
+        json!({"replicas": replicas, "rse": "mars"}),
+    )
+    .await
+    .assert_error(404, "RSENotFound");
+    get(&a, "/replicas/quarantine")
+        .await
+        .assert_error(405, "MethodNotAllowed");
+
+    // datasets_vp: no Virtual Placement service, so Rucio's answer is ["other"].
+    let r = get(&a, "/replicas/ddd/x/datasets_vp").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/x-json-stream");
+    assert_eq!(r.lines(), vec![json!("other")]);
+}

@@ -50,6 +50,8 @@ pub fn routes() -> Router<AppState> {
         .route("/replicas/rse/{rse}", rucio(get(list::at_rse)))
         .route("/replicas/bad", rucio(post(declare::bad)))
         .route("/replicas/bad/pfns", rucio(post(declare::bad_pfns)))
+        .route("/replicas/bad/dids", rucio(post(declare::bad_dids)))
+        .route("/replicas/quarantine", rucio(post(declare::quarantine)))
         .route("/replicas/bad/states", rucio(get(declare::bad_states)))
         .route("/replicas/bad/summary", rucio(get(declare::bad_summary)))
         .route(

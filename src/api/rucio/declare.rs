@@ -1,5 +1,6 @@
-//! Declarations: `POST /replicas/bad`, `POST /replicas/bad/pfns`, `POST|GET /replicas/suspicious`,
-//! `POST /replicas/tombstone`, and their history: `GET /replicas/bad/states`,
+//! Declarations: `POST /replicas/bad`, `POST /replicas/bad/dids`, `POST /replicas/bad/pfns`,
+//! `POST|GET /replicas/suspicious`, `POST /replicas/tombstone` (and `POST /replicas/quarantine`,
+//! refused), and their history: `GET /replicas/bad/states`,
 //! `GET /replicas/bad/summary`. A declaration about a copy at another RSE is forwarded to that
 //! site, which keeps its own declarations; the history routes ask every selected site.
 
@@ -183,6 +184,83 @@ pub async fn bad(
         }
     }
     Ok(declared_answer(not_declared))
+}
+
+/// `POST /replicas/bad/dids` (`declare_bad_did_replicas`): the copies of `dids` at `rse` are
+/// declared BAD. Answers 201 with the list of those not declared (`scope:name Unknown replica`,
+/// `scope:name Already declared`), as Rucio's `add_bad_dids`; a copy at another RSE is declared
+/// by that site.
+pub async fn bad_dids(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    negotiate(&headers, &[JSON])?;
+    let p = json_body(&body)?;
+    let dids = super::parse_dids(optional_list(&p, "dids")?)?;
+    let rse = super::required_str(&p, "rse")?;
+    let reason = optional_str(&p, "reason")?;
+    let sites = view::sites(&state.catalogue).await?;
+    let site = find_site(&sites, rse)?;
+    if !site.local {
+        let forwarded = json!({ "dids": p.get("dids"), "rse": rse, "reason": reason });
+        let answer = forward_json(&state, site, "/replicas/bad/dids", &headers, &forwarded).await?;
+        return Ok((StatusCode::CREATED, Json(answer)).into_response());
+    }
+    let why = reason.unwrap_or("declared BAD through the API");
+    let mut not_declared = Vec::new();
+    for did in &dids {
+        let outcome =
+            healing::declare_bad(&state.catalogue, &did.scope, &did.name, why, false, "api")
+                .await?;
+        match outcome {
+            Declared::Declared => {}
+            Declared::AlreadyDeclared => not_declared.push(format!("{did} Already declared")),
+            Declared::UnknownReplica => not_declared.push(format!("{did} Unknown replica")),
+        }
+    }
+    Ok((StatusCode::CREATED, Json(not_declared)).into_response())
+}
+
+/// `POST /replicas/quarantine` records dark files (on storage, not in the catalogue) for
+/// Rucio's dark reaper. A site's storage holds only the objects it catalogues and nothing
+/// deletes unknown files from it, so this is refused in Rucio's envelope, after the request is
+/// read as Rucio reads it.
+pub async fn quarantine(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    negotiate(&headers, &[JSON])?;
+    let p = json_body(&body)?;
+    let replicas = optional_list(&p, "replicas")?;
+    let (rse, rse_id_given) = (optional_str(&p, "rse")?, optional_str(&p, "rse_id")?);
+    if replicas.is_empty() {
+        // Rucio answers 200 and does nothing for an empty list.
+        return Ok(StatusCode::OK.into_response());
+    }
+    let sites = view::sites(&state.catalogue).await?;
+    match (rse, rse_id_given) {
+        (Some(rse), _) => {
+            find_site(&sites, rse)?;
+        }
+        (None, Some(id)) => {
+            if !sites.iter().any(|s| rse_id(&s.id) == id) {
+                return Err(RucioError::not_found(
+                    "RSENotFound",
+                    format!("RSE with id '{id}' could not be found"),
+                ));
+            }
+        }
+        (None, None) => {
+            return Err(RucioError::value_error(
+                "Either RSE name or RSE id must be specified",
+            ))
+        }
+    }
+    Err(RucioError::unsupported(
+        "quarantining replicas is not supported: this storage holds no files outside the catalogue",
+    ))
 }
 
 // ---- SUSPICIOUS ----------------------------------------------------------------------------

@@ -56,13 +56,19 @@ pub struct DidQuery {
     limit: Option<usize>,
 }
 
-/// `GET /replicas/{scope}/{name}` (available copies only) and `.../{name}/datasets`.
+/// `GET /replicas/{scope}/{name}` (available copies only), `.../{name}/datasets` and
+/// `.../{name}/datasets_vp`.
 pub async fn did(
     State(state): State<AppState>,
     Path((scope, rest)): Path<(String, String)>,
     Query(q): Query<DidQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    if rest.ends_with("/datasets_vp") {
+        // Rucio without a Virtual Placement service (none here) answers `["other"]`.
+        negotiate(&headers, &[NDJSON])?;
+        return Ok(ndjson([json!("other")]));
+    }
     if let Some(name) = rest.strip_suffix("/datasets") {
         // `deep` changes nothing: a dataset's replicas are always computed from its files.
         negotiate(&headers, &[NDJSON])?;
