@@ -514,14 +514,27 @@ async fn declarations_tombstones_and_locks() {
     )
     .await
     .assert_error(423, "ReplicaIsLocked");
-    call(
-        &b,
-        reqwest::Method::DELETE,
-        "/replicas/",
-        json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept"}]}),
-    )
-    .await
-    .assert_error(423, "ReplicaIsLocked");
+    // The lock holds wherever the DELETE arrives: B itself, or A and C (forwarded to B).
+    for site in [&b, &a, &c] {
+        call(
+            site,
+            reqwest::Method::DELETE,
+            "/replicas/",
+            json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept"}]}),
+        )
+        .await
+        .assert_error(423, "ReplicaIsLocked");
+    }
+    assert_eq!(
+        client()
+            .head(b.url("/replicator/remote/buckets/decl/kept"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204,
+        "the locked copy is still there"
+    );
     call(&a, reqwest::Method::PUT, "/replicas/", json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept", "lock_cnt": 0, "state": "B"}]}))
         .await;
     eventually(
@@ -547,7 +560,7 @@ async fn declarations_tombstones_and_locks() {
     assert_eq!(r.status, 200, "{}", r.text);
     eventually(
         Duration::from_secs(15),
-        "deleted through a DELETE order",
+        "deleted by site-c (forwarded)",
         || async {
             let r = client()
                 .head(c.url("/replicator/remote/buckets/decl/kept"))
