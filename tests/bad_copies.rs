@@ -113,16 +113,21 @@ async fn a_lost_copy_is_neither_advertised_nor_served() {
     })
     .await;
     for site in [a, b] {
-        let head = client().head(remote(site, "lost/obj")).send().await.unwrap();
-        assert_eq!(head.status(), 404, "{}: remote HEAD of a LOST copy", site.id);
+        let head = client()
+            .head(remote(site, "lost/obj"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.status(),
+            404,
+            "{}: remote HEAD of a LOST copy",
+            site.id
+        );
         let got = get_outcome(client().get(remote(site, "lost/obj")), &body).await;
         assert_eq!(got.0, 404, "{}: remote GET of a LOST copy", site.id);
         // The site's own clients are not served it either.
-        let got = get_outcome(
-            client().get(site.url("/cloudclonestore/lost/obj")),
-            &body,
-        )
-        .await;
+        let got = get_outcome(client().get(site.url("/cloudclonestore/lost/obj")), &body).await;
         assert_ne!(got.0, 200, "{}: accessor GET of a LOST copy", site.id);
     }
 
@@ -134,7 +139,9 @@ async fn a_lost_copy_is_neither_advertised_nor_served() {
     let got = get_outcome(client().get(local(&c, "lost/obj")), &body).await;
     assert_eq!(got.0, 404, "GET through the topology");
     let pinned = get_outcome(
-        client().get(local(&c, "lost/obj")).header(TARGET_ID, "site-a"),
+        client()
+            .get(local(&c, "lost/obj"))
+            .header(TARGET_ID, "site-a"),
         &body,
     )
     .await;
@@ -177,7 +184,9 @@ async fn a_copy_declared_bad_stops_being_served_and_reads_fall_through() {
     assert_never_cut(
         "GET through C pinned to A",
         get_outcome(
-            client().get(local(&c, "fall/obj")).header(TARGET_ID, "site-a"),
+            client()
+                .get(local(&c, "fall/obj"))
+                .header(TARGET_ID, "site-a"),
             &body,
         )
         .await,
@@ -185,7 +194,10 @@ async fn a_copy_declared_bad_stops_being_served_and_reads_fall_through() {
     // Unpinned reads always get the good copy: B's, or A's once repaired.
     for (what, req) in [
         ("GET through C", client().get(local(&c, "fall/obj"))),
-        ("accessor GET at A", client().get(a.url("/cloudclonestore/fall/obj"))),
+        (
+            "accessor GET at A",
+            client().get(a.url("/cloudclonestore/fall/obj")),
+        ),
     ] {
         assert_eq!(get_outcome(req, &body).await, (200, true), "{what}");
     }

@@ -193,12 +193,12 @@ impl MetaStore {
         }
         let ticket = self.cache.ticket(bucket);
         let row = sqlx::query(&READ_VIEW_SQL)
-        .bind(client_id)
-        .bind(bucket)
-        .bind(name)
-        .bind(&*self.local_site)
-        .fetch_one(&self.pool)
-        .await?;
+            .bind(client_id)
+            .bind(bucket)
+            .bind(name)
+            .bind(&*self.local_site)
+            .fetch_one(&self.pool)
+            .await?;
         let found_bucket = row.get::<Option<String>, _>("b_name").map(|b_name| Bucket {
             name: b_name,
             id: row.get("b_id"),
@@ -241,11 +241,11 @@ impl MetaStore {
         }
         let ticket = self.cache.ticket(bucket);
         let row = sqlx::query(&CACHED_OBJECT_SQL)
-        .bind(bucket)
-        .bind(name)
-        .bind(&*self.local_site)
-        .fetch_optional(&self.pool)
-        .await?;
+            .bind(bucket)
+            .bind(name)
+            .bind(&*self.local_site)
+            .fetch_optional(&self.pool)
+            .await?;
         let found = match row {
             Some(r) => Some(CachedObject {
                 object: object_from_row(&r)?,
