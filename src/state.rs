@@ -45,7 +45,9 @@ impl AppState {
     /// from the config. Background work starts with [`AppState::start`].
     pub async fn open(config: Config, public_url: String) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.site.data_dir)?;
-        let meta = MetaStore::open_config(&config.metadata_url(), &config.metadata).await?;
+        let meta = MetaStore::open_config(&config.metadata_url(), &config.metadata)
+            .await?
+            .with_local_site(&config.site.id);
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let stall = Duration::from_secs(config.replication.peer_stall_timeout_secs.max(1));

@@ -125,6 +125,47 @@ async fn a_deleted_bucket_answers_410_through_the_topology() {
     assert_eq!(r.status(), 404);
 }
 
+/// The lookup itself tells "deleted" from "never existed": a site that never held a bucket
+/// deleted elsewhere answers 410 for it, 404 for a name no site knows.
+#[tokio::test]
+async fn a_site_that_never_held_a_deleted_bucket_answers_410() {
+    let sites = meshed_sites(&["site-a", "site-b"], "").await;
+    let (a, b) = (&sites[0], &sites[1]);
+    create_bucket(a, "gone-elsewhere").await;
+    bucket_arrives(b, "gone-elsewhere").await;
+    let r = client()
+        .delete(a.url("/cloudclonestore/gone-elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually(
+        std::time::Duration::from_secs(20),
+        "deleted on b",
+        || async {
+            let r = client()
+                .get(remote(b, "gone-elsewhere"))
+                .send()
+                .await
+                .unwrap();
+            (r.status() == 410).then_some(())
+        },
+    )
+    .await;
+    // C joins afterwards: it never held the bucket, its peers know it is deleted.
+    let c = Site::start("site-c", "");
+    mesh(&[a, b, &c]).await;
+    let r = client()
+        .get(local(&c, "gone-elsewhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410, "{:?}", header(&r, ERROR));
+    assert!(header(&r, ERROR).unwrap_or("").contains("deleted"));
+    let r = client().get(local(&c, "never-there")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
 /// A topology entry whose address refuses connections.
 async fn add_dead_peer(site: &Site, id: &str) {
     let port = {

@@ -413,6 +413,7 @@ async fn declarations_tombstones_and_locks() {
         .to_string();
     let r = post(&a, "/replicas/bad/pfns", json!({"pfns": [pfn(&c, "t")], "state": "TEMPORARY_UNAVAILABLE", "reason": "maintenance", "expires_at": soon})).await;
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json(), json!([]), "nothing left undeclared");
     assert_eq!(
         state_at(&a, "decl", "t", "site-c").await.as_deref(),
         Some("TEMPORARY_UNAVAILABLE")
@@ -420,13 +421,17 @@ async fn declarations_tombstones_and_locks() {
     let t = get(&c, "/replicas/bad/states?state=T").await.lines();
     assert_eq!(t.len(), 1);
     assert_eq!(t[0]["state"], "TEMPORARY_UNAVAILABLE");
-    post(
+    let again = post(
         &a,
         "/replicas/bad/pfns",
         json!({"pfns": [pfn(&c, "t")], "state": "TEMPORARY_UNAVAILABLE", "expires_at": soon}),
     )
-    .await
-    .assert_error(409, "Duplicate");
+    .await;
+    assert_eq!(again.status, 201, "{}", again.text);
+    assert_eq!(
+        again.json(),
+        json!([format!("{} Already declared", pfn(&c, "t"))])
+    );
     eventually(Duration::from_secs(15), "T expired", || async {
         (state_at(&b, "decl", "t", "site-c").await.as_deref() == Some("AVAILABLE")).then_some(())
     })
@@ -514,14 +519,27 @@ async fn declarations_tombstones_and_locks() {
     )
     .await
     .assert_error(423, "ReplicaIsLocked");
-    call(
-        &b,
-        reqwest::Method::DELETE,
-        "/replicas/",
-        json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept"}]}),
-    )
-    .await
-    .assert_error(423, "ReplicaIsLocked");
+    // The lock holds wherever the DELETE arrives: B itself, or A and C (forwarded to B).
+    for site in [&b, &a, &c] {
+        call(
+            site,
+            reqwest::Method::DELETE,
+            "/replicas/",
+            json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept"}]}),
+        )
+        .await
+        .assert_error(423, "ReplicaIsLocked");
+    }
+    assert_eq!(
+        client()
+            .head(b.url("/replicator/remote/buckets/decl/kept"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204,
+        "the locked copy is still there"
+    );
     call(&a, reqwest::Method::PUT, "/replicas/", json!({"rse": "site-b", "files": [{"scope": "decl", "name": "kept", "lock_cnt": 0, "state": "B"}]}))
         .await;
     eventually(
@@ -547,7 +565,7 @@ async fn declarations_tombstones_and_locks() {
     assert_eq!(r.status, 200, "{}", r.text);
     eventually(
         Duration::from_secs(15),
-        "deleted through a DELETE order",
+        "deleted by site-c (forwarded)",
         || async {
             let r = client()
                 .head(c.url("/replicator/remote/buckets/decl/kept"))
@@ -738,13 +756,14 @@ async fn malformed_requests_get_rucio_errors_and_the_server_keeps_serving() {
     )
     .await
     .assert_error(409, "Duplicate");
-    post(
+    let r = post(
         &a,
         "/replicas/bad/pfns",
         json!({"pfns": ["http://elsewhere/x"], "state": "BAD"}),
     )
-    .await
-    .assert_error(404, "ReplicaNotFound");
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json(), json!(["http://elsewhere/x Unknown RSE"]));
     post(
         &a,
         "/replicas/tombstone",
@@ -786,7 +805,7 @@ async fn malformed_requests_get_rucio_errors_and_the_server_keeps_serving() {
     get(&a, "/replicas/nothing-here")
         .await
         .assert_error(404, "NotFound");
-    // BAD through bad/pfns, then again: Duplicate. With no other site the copy is LOST.
+    // BAD through bad/pfns, then again: not declared twice. With no other site the copy is LOST.
     let r = post(
         &a,
         "/replicas/bad/pfns",
@@ -803,13 +822,14 @@ async fn malformed_requests_get_rucio_errors_and_the_server_keeps_serving() {
         },
     )
     .await;
-    post(
+    let r = post(
         &a,
         "/replicas/bad/pfns",
         json!({"pfns": [pfn], "state": "BAD"}),
     )
-    .await
-    .assert_error(409, "Duplicate");
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json(), json!([format!("{pfn} Already declared")]));
     // Still serving.
     assert_eq!(reqwest::get(a.url("/healthz")).await.unwrap().status(), 200);
     let listing = post(
@@ -820,4 +840,148 @@ async fn malformed_requests_get_rucio_errors_and_the_server_keeps_serving() {
     .await;
     assert_eq!(listing.status, 200);
     assert_eq!(listing.lines()[0]["states"]["site-a"], "BAD");
+}
+
+/// Routes the stock client has beyond the seed: `POST /replicas/bad/dids` declares by DID at an
+/// RSE (forwarded there) and answers the files not declared; `POST /replicas/quarantine` is
+/// refused in Rucio's envelope; `.../datasets_vp` answers as Rucio without a Virtual Placement
+/// service.
+#[tokio::test]
+async fn bad_dids_quarantine_and_datasets_vp() {
+    let (a, b, _c) = three_sites().await;
+    create_bucket(&a, "ddd").await;
+    let body = data(20_000, 9);
+    put_object(&a, "ddd", "x", body.clone()).await;
+    available_everywhere(&a, "ddd", "x").await;
+
+    // Asked at A for B's copies: B declares x (and repairs it), reports nope.
+    let dids = json!([{"scope": "ddd", "name": "x"}, {"scope": "ddd", "name": "nope"}]);
+    let r = post(
+        &a,
+        "/replicas/bad/dids",
+        json!({"dids": dids, "rse": "site-b", "reason": "by did"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json(), json!(["ddd:nope Unknown replica"]));
+    eventually(Duration::from_secs(30), "B's copy declared", || async {
+        let rows = get(&b, "/replicas/bad/states?rse=site-b").await.lines();
+        rows.iter()
+            .any(|r| r["name"] == "x" && r["reason"] == "by did")
+            .then_some(())
+    })
+    .await;
+    post(&a, "/replicas/bad/dids", json!({"dids": dids}))
+        .await
+        .assert_error(400, "KeyError");
+    post(
+        &a,
+        "/replicas/bad/dids",
+        json!({"dids": dids, "rse": "mars"}),
+    )
+    .await
+    .assert_error(404, "RSENotFound");
+
+    // Quarantine: nothing to do for an empty list, refused otherwise.
+    let replicas = json!([{"path": "/ddd/dark-file"}]);
+    let r = post(
+        &a,
+        "/replicas/quarantine",
+        json!({"replicas": [], "rse": "site-a"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    post(
+        &a,
+        "/replicas/quarantine",
+        json!({"replicas": replicas, "rse": "site-a"}),
+    )
+    .await
+    .assert_error(409, "UnsupportedOperation");
+    post(
+        &a,
+        "/replicas/quarantine",
+        json!({"replicas": replicas, "rse": "mars"}),
+    )
+    .await
+    .assert_error(404, "RSENotFound");
+    get(&a, "/replicas/quarantine")
+        .await
+        .assert_error(405, "MethodNotAllowed");
+
+    // datasets_vp: no Virtual Placement service, so Rucio's answer is ["other"].
+    let r = get(&a, "/replicas/ddd/x/datasets_vp").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/x-json-stream");
+    assert_eq!(r.lines(), vec![json!("other")]);
+}
+
+/// `POST /replicas/bad/pfns` declares each PFN where it can and answers the list of those it
+/// did not (the seed); `GET /replicas/bad/states?list_pfns=true` lists PFNs as Rucio does;
+/// `?schemes=` on `POST /replicas/list` filters the PFNs by scheme.
+#[tokio::test]
+async fn bad_pfns_list_pfns_and_schemes() {
+    let (a, b, c) = three_sites().await;
+    create_bucket(&a, "pfns").await;
+    let body = data(20_000, 10);
+    put_object(&a, "pfns", "x", body.clone()).await;
+    available_everywhere(&a, "pfns", "x").await;
+    let pfn = |site: &Site| format!("{}/replicator/remote/buckets/pfns/x", site.url);
+    let unknown = format!("{}/replicator/remote/buckets/pfns/nope", b.url);
+
+    // Asked at A: C's copy is forwarded to C and declared, B's unknown file and a foreign PFN
+    // are reported, the request is not refused for them.
+    let r = post(
+        &a,
+        "/replicas/bad/pfns",
+        json!({"pfns": [pfn(&c), unknown.clone(), "http://elsewhere/x"], "state": "SUSPICIOUS", "reason": "slow"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let mut listed: Vec<String> = serde_json::from_value(r.json()).unwrap();
+    listed.sort();
+    let mut want = vec![
+        "http://elsewhere/x Unknown RSE".to_owned(),
+        format!("{unknown} Unknown replica"),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // list_pfns: PFN strings. With rse, the declared copy there; without, every copy of the file.
+    let at_c = get(
+        &a,
+        "/replicas/bad/states?state=SUSPICIOUS&rse=site-c&list_pfns=true",
+    )
+    .await;
+    assert_eq!(at_c.status, 200, "{}", at_c.text);
+    assert_eq!(at_c.lines(), vec![json!(pfn(&c))]);
+    let mut all: Vec<String> = get(&a, "/replicas/bad/states?state=SUSPICIOUS&list_pfns=true")
+        .await
+        .lines()
+        .into_iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    all.sort();
+    let mut every = vec![pfn(&a), pfn(&b), pfn(&c)];
+    every.sort();
+    assert_eq!(all, every);
+    let rows = get(&a, "/replicas/bad/states?state=SUSPICIOUS")
+        .await
+        .lines();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["rse"], "site-c");
+
+    // schemes: as a query parameter of POST /replicas/list too; the body's wins.
+    let did = json!({"dids": [{"scope": "pfns", "name": "x"}]});
+    let pfns_of = |lines: Vec<Value>| lines[0]["pfns"].as_object().unwrap().len();
+    let r = post(&a, "/replicas/list?schemes=https", did.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(pfns_of(r.lines()), 0, "no https copy");
+    let r = post(&a, "/replicas/list?schemes=https,http", did.clone()).await;
+    assert_eq!(pfns_of(r.lines()), 3);
+    let body_wins = json!({"dids": [{"scope": "pfns", "name": "x"}], "schemes": ["http"]});
+    let r = post(&a, "/replicas/list?schemes=https", body_wins).await;
+    assert_eq!(pfns_of(r.lines()), 3);
 }

@@ -717,6 +717,73 @@ async fn import_registers_an_existing_bucket_and_is_harmless_to_rerun() {
     assert_eq!((status.as_u16(), got.as_slice()), (200, b"late".as_slice()));
 }
 
+/// `mirrorgate import` into a running site: the objects are in its replica catalogue at once
+/// (no restart), and one whose bytes do not match the hash it was imported with is declared BAD
+/// when it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_into_a_running_site_is_catalogued_at_once() {
+    let s3 = S3Server::start().await;
+    s3.client()
+        .create_bucket()
+        .bucket(format!("{PREFIX}live"))
+        .send()
+        .await
+        .unwrap();
+    let site = start_s3_site("site-live", &s3);
+    let good = data(40_000, 41);
+    put_directly(&s3, "live", "good.bin", &good, None).await;
+    // Imported with the hash its metadata claims, which is not the hash of its bytes.
+    let liar = data(40_000, 42);
+    s3.client()
+        .put_object()
+        .bucket(format!("{PREFIX}live"))
+        .key("liar.bin")
+        .metadata("mirrorgate-sha256", ccs_hash(b"other bytes"))
+        .body(Bytes::copy_from_slice(&liar).into())
+        .send()
+        .await
+        .unwrap();
+    let out = tokio::task::block_in_place(|| run_import(&site.config_path, "live", &[]));
+    assert!(out.contains("registered 2 objects"), "{out}");
+
+    for key in ["good.bin", "liar.bin"] {
+        let r = client()
+            .get(site.url(&format!("/replicas/live/{key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{key} is in the catalogue");
+        let line: serde_json::Value =
+            serde_json::from_str(r.text().await.unwrap().lines().next().unwrap()).unwrap();
+        assert!(line["rses"]["site-live"].is_array(), "{line}");
+    }
+    let (status, _, got) = get_bytes(&site, "live", "good.bin").await;
+    assert_eq!((status.as_u16(), got == good), (200, true));
+
+    // Reading the liar finds the mismatch, and the copy is declared BAD (then LOST: no other).
+    let (_, _, got) = get_bytes(&site, "live", "liar.bin").await;
+    assert!(got != liar, "never served as verified");
+    eventually(Duration::from_secs(20), "liar.bin declared", || async {
+        let text = client()
+            .get(site.url("/replicas/bad/states?rse=site-live"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| {
+                r["name"] == "liar.bin"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("read: "))
+            })
+    })
+    .await;
+}
+
 /// Sends a large body over raw TCP and returns the response status line (if any came back).
 async fn upload_while(
     site: &Site,

@@ -2,7 +2,7 @@
 //! object key, RSE = site id, the dataset of a bucket = the DID `<bucket>:<bucket>`, PFN = the
 //! URL that reads a copy at a site (see `catalogue::pfn`). Listings see every site (this one's
 //! rows, and the peers' own, asked live); a change to a copy at another RSE is carried out by
-//! that site (the request is forwarded, a deletion becomes a DELETE order). Errors are Rucio's:
+//! that site (the request is forwarded, so its locks hold wherever it arrives). Errors are Rucio's:
 //! `{"ExceptionClass","ExceptionMessage"}`, also as headers.
 
 mod declare;
@@ -50,6 +50,8 @@ pub fn routes() -> Router<AppState> {
         .route("/replicas/rse/{rse}", rucio(get(list::at_rse)))
         .route("/replicas/bad", rucio(post(declare::bad)))
         .route("/replicas/bad/pfns", rucio(post(declare::bad_pfns)))
+        .route("/replicas/bad/dids", rucio(post(declare::bad_dids)))
+        .route("/replicas/quarantine", rucio(post(declare::quarantine)))
         .route("/replicas/bad/states", rucio(get(declare::bad_states)))
         .route("/replicas/bad/summary", rucio(get(declare::bad_summary)))
         .route(

@@ -370,6 +370,17 @@ mod tests {
             required_scopes(Family::Rucio, &Method::POST, "/replicas/bad"),
             ADMIN
         );
+        for declares in ["/replicas/bad/dids", "/replicas/quarantine"] {
+            assert_eq!(Family::of(declares), Some(Family::Rucio));
+            assert_eq!(
+                required_scopes(Family::Rucio, &Method::POST, declares),
+                ADMIN
+            );
+        }
+        assert_eq!(
+            required_scopes(Family::Rucio, &Method::GET, "/replicas/s/n/datasets_vp"),
+            READ
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! In-process cache of the rows the read path needs: buckets, grants (rights), objects (with
-//! the site a replica was copied from) and an object's replication status. Filled on read,
+//! the site a replica was copied from and whether this site's copy is declared BAD) and an
+//! object's replication status. Filled on read,
 //! negative answers included (no such bucket, no grant, no such object).
 //!
 //! # Correctness
@@ -127,11 +128,15 @@ struct Key {
     sub: String,
 }
 
-/// An object row as cached: the object and the site it was replicated from.
+/// An object row as cached: the object, the site it was replicated from, and whether this
+/// site's copy is declared BAD (or LOST) in the replica catalogue: such a copy is never
+/// advertised nor served. Every change of this site's replica state reports a
+/// [`Change::Object`], so the flag is as fresh as the row.
 #[derive(Debug, Clone)]
 pub struct CachedObject {
     pub object: Object,
     pub replica_of: Option<String>,
+    pub bad_here: bool,
 }
 
 #[derive(Clone)]

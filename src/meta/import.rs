@@ -36,11 +36,38 @@ impl MetaStore {
         let registered = done.rows_affected() > 0;
         if registered {
             super::replication::insert_orders(&mut tx, orders).await?;
+            catalogue_copy(&mut tx, obj).await?;
         }
         tx.commit().await?;
         changing.done();
         Ok(registered)
     }
+}
+
+/// The copy's row in the replica catalogue (site = the importing site), in the same
+/// transaction: a serving site lists it at once, and can declare it BAD if its bytes do not
+/// match. adler32 is left to the scrubber (the bytes may not have been read).
+async fn catalogue_copy(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    obj: &Object,
+) -> Result<()> {
+    let now = super::replication::now_ms();
+    sqlx::query(
+        "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, created_at, updated_at)
+         VALUES ($1,$2,$3,'A',$4,$5,$6,$6)
+         ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
+         sha256 = excluded.sha256, adler32 = NULL, tombstone = NULL, error_message = NULL,
+         verified_at = NULL, updated_at = excluded.updated_at",
+    )
+    .bind(&obj.bucket)
+    .bind(&obj.name)
+    .bind(&obj.site)
+    .bind(obj.size as i64)
+    .bind(&obj.hash)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -74,6 +101,9 @@ mod tests {
         let stored = meta.get_object("b1", "a/b").await.unwrap().unwrap();
         assert_eq!(stored.status, Status::Ready);
         assert_eq!(stored.hash, obj.hash);
+        let copy = meta.replica("b1", "a/b", "site-a").await.unwrap().unwrap();
+        assert_eq!(copy.state, crate::model::replica::ReplicaState::Available);
+        assert_eq!((copy.bytes, copy.sha256), (1, obj.hash.clone()));
         meta.set_object_status("b1", "a/b", Status::Deleted)
             .await
             .unwrap();

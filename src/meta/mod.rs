@@ -33,6 +33,8 @@ use cache::{CacheOptions, CachedObject, Change, Changing, MetaCache};
 pub struct MetaStore {
     pool: SqlitePool,
     cache: Arc<MetaCache>,
+    /// This site's id: whose replica state the cached object rows carry (empty: none).
+    local_site: Arc<str>,
 }
 
 /// What a read of an object needs at once: the bucket, the client's rights on it and the
@@ -42,6 +44,8 @@ pub struct ReadView {
     pub bucket: Option<Bucket>,
     pub rights: i64,
     pub object: Option<Object>,
+    /// This site's copy of the object is declared BAD or LOST: it must not be served.
+    pub bad_here: bool,
 }
 
 /// Listing filter of `PUT /cloudclonestore/{bucket}` (the CCS filter headers).
@@ -60,6 +64,39 @@ pub struct ObjectFilter {
 
 const OBJECT_COLUMNS: &str =
     "bucket, name, id, site, hash, status, creation, expires, size, metadata";
+
+/// 1 when this site's copy of object `o` is declared BAD (state D, LOST included), else NULL;
+/// parameter `site_param` is this site (one lookup by the replicas primary key).
+fn bad_here_column(site_param: u8) -> String {
+    format!(
+        "(SELECT 1 FROM replicas r WHERE r.bucket = o.bucket AND r.name = o.name
+         AND r.site = ${site_param} AND r.state = 'D') AS bad_here"
+    )
+}
+
+/// The one query of a [`MetaStore::read_view`] miss ($1 client, $2 bucket, $3 object, $4 site).
+static READ_VIEW_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT b.name AS b_name, b.id AS b_id, b.client_id AS b_client_id, b.site AS b_site,
+             b.creation AS b_creation, b.expires AS b_expires, b.status AS b_status,
+             (SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2) AS rights,
+             o.bucket AS bucket, o.name AS name, o.id AS id, o.site AS site, o.hash AS hash,
+             o.status AS status, o.creation AS creation, o.expires AS expires, o.size AS size,
+             o.metadata AS metadata, o.replica_of AS replica_of, {}
+             FROM (SELECT $2 AS k) q
+             LEFT JOIN buckets b ON b.name = q.k
+             LEFT JOIN objects o ON o.bucket = q.k AND o.name = $3",
+        bad_here_column(4)
+    )
+});
+
+/// The query of a [`MetaStore::cached_object`] miss ($1 bucket, $2 object, $3 site).
+static CACHED_OBJECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {OBJECT_COLUMNS}, replica_of, {} FROM objects o WHERE bucket = $1 AND name = $2",
+        bad_here_column(3)
+    )
+});
 
 impl MetaStore {
     /// Opens (creating if needed) the store and applies migrations, with the default cache.
@@ -106,7 +143,15 @@ impl MetaStore {
         Ok(Self {
             pool,
             cache: Arc::new(MetaCache::new(cache)),
+            local_site: Arc::from(""),
         })
+    }
+
+    /// Names this site, so that object rows carry the state of its own copy (see
+    /// [`CachedObject::bad_here`]).
+    pub fn with_local_site(mut self, site: &str) -> Self {
+        self.local_site = Arc::from(site);
+        self
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -141,28 +186,20 @@ impl MetaStore {
                     return Ok(ReadView {
                         bucket: b,
                         rights,
+                        bad_here: o.as_ref().is_some_and(|o| o.bad_here),
                         object: o.map(|o| o.object.clone()),
                     });
                 }
             }
         }
         let ticket = self.cache.ticket(bucket);
-        let row = sqlx::query(
-            "SELECT b.name AS b_name, b.id AS b_id, b.client_id AS b_client_id, b.site AS b_site,
-             b.creation AS b_creation, b.expires AS b_expires, b.status AS b_status,
-             (SELECT rights FROM ownerships WHERE client_id = $1 AND bucket = $2) AS rights,
-             o.bucket AS bucket, o.name AS name, o.id AS id, o.site AS site, o.hash AS hash,
-             o.status AS status, o.creation AS creation, o.expires AS expires, o.size AS size,
-             o.metadata AS metadata, o.replica_of AS replica_of
-             FROM (SELECT $2 AS k) q
-             LEFT JOIN buckets b ON b.name = q.k
-             LEFT JOIN objects o ON o.bucket = q.k AND o.name = $3",
-        )
-        .bind(client_id)
-        .bind(bucket)
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query(&READ_VIEW_SQL)
+            .bind(client_id)
+            .bind(bucket)
+            .bind(name)
+            .bind(&*self.local_site)
+            .fetch_one(&self.pool)
+            .await?;
         let found_bucket = row.get::<Option<String>, _>("b_name").map(|b_name| Bucket {
             name: b_name,
             id: row.get("b_id"),
@@ -179,6 +216,7 @@ impl MetaStore {
             Some(_) => Some(CachedObject {
                 object: object_from_row(&row)?,
                 replica_of: row.get("replica_of"),
+                bad_here: row.get::<Option<i64>, _>("bad_here").is_some(),
             }),
             None => None,
         };
@@ -188,6 +226,7 @@ impl MetaStore {
         Ok(ReadView {
             bucket: found_bucket,
             rights,
+            bad_here: object.as_ref().is_some_and(|o| o.bad_here),
             object: object.map(|o| o.object),
         })
     }
@@ -202,17 +241,17 @@ impl MetaStore {
             return Ok(hit);
         }
         let ticket = self.cache.ticket(bucket);
-        let row = sqlx::query(&format!(
-            "SELECT {OBJECT_COLUMNS}, replica_of FROM objects WHERE bucket = $1 AND name = $2"
-        ))
-        .bind(bucket)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&CACHED_OBJECT_SQL)
+            .bind(bucket)
+            .bind(name)
+            .bind(&*self.local_site)
+            .fetch_optional(&self.pool)
+            .await?;
         let found = match row {
             Some(r) => Some(CachedObject {
                 object: object_from_row(&r)?,
                 replica_of: r.get("replica_of"),
+                bad_here: r.get::<Option<i64>, _>("bad_here").is_some(),
             }),
             None => None,
         };
@@ -462,6 +501,15 @@ impl MetaStore {
     }
 
     // ---- objects -------------------------------------------------------------------------
+
+    /// The object when this site may serve it: its copy is not declared BAD or LOST.
+    pub async fn servable_object(&self, bucket: &str, name: &str) -> Result<Option<Object>> {
+        Ok(self
+            .cached_object(bucket, name)
+            .await?
+            .filter(|o| !o.bad_here)
+            .map(|o| o.object.clone()))
+    }
 
     pub async fn get_object(&self, bucket: &str, name: &str) -> Result<Option<Object>> {
         Ok(self

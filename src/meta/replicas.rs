@@ -5,6 +5,7 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
+use super::cache::{Change, Changing};
 use super::replication::now_ms;
 use super::{MetaStore, Object};
 use crate::error::Result;
@@ -172,6 +173,12 @@ async fn insert_bad_in_tx(
 }
 
 impl MetaStore {
+    /// A write that may change this site's replica state of an object: the cached object row
+    /// carries that state (`bad_here`), so the cache hears of it.
+    fn copy_changing(&self, bucket: &str, name: &str) -> Changing {
+        self.changing(vec![Change::object(bucket, name)])
+    }
+
     // ---- rows kept in step with the data plane -------------------------------------------
 
     /// A verified copy was stored here: AVAILABLE with its digests. Locks survive (a copy being
@@ -182,6 +189,7 @@ impl MetaStore {
         site: &str,
         adler32: Option<&str>,
     ) -> Result<()> {
+        let changing = self.copy_changing(&obj.bucket, &obj.name);
         let now = now_ms();
         sqlx::query(
             "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, verified_at, created_at, updated_at)
@@ -200,6 +208,7 @@ impl MetaStore {
         .bind(now)
         .execute(self.pool())
         .await?;
+        changing.done();
         Ok(())
     }
 
@@ -244,22 +253,26 @@ impl MetaStore {
 
     /// The copy at `site` is gone.
     pub async fn replica_removed(&self, bucket: &str, name: &str, site: &str) -> Result<()> {
+        let changing = self.copy_changing(bucket, name);
         sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3")
             .bind(bucket)
             .bind(name)
             .bind(site)
             .execute(self.pool())
             .await?;
+        changing.done();
         Ok(())
     }
 
     /// Forgets every row of an object (a peer deleted it and told us to follow).
     pub async fn forget_replicas(&self, bucket: &str, name: &str) -> Result<()> {
+        let changing = self.copy_changing(bucket, name);
         sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2")
             .bind(bucket)
             .bind(name)
             .execute(self.pool())
             .await?;
+        changing.done();
         Ok(())
     }
 
@@ -447,6 +460,7 @@ impl MetaStore {
         to: ReplicaState,
         error_message: Option<&str>,
     ) -> Result<Changed> {
+        let changing = self.copy_changing(bucket, name);
         let mut tx = self.write_tx().await?;
         let Some(current) = replica_in_tx(&mut tx, bucket, name, site).await? else {
             return Ok(Changed::NotFound);
@@ -489,6 +503,7 @@ impl MetaStore {
             .await?;
         }
         tx.commit().await?;
+        changing.done();
         Ok(Changed::Done)
     }
 
@@ -539,6 +554,7 @@ impl MetaStore {
     /// Registers a copy that exists here (Rucio `add_replicas`); an existing row is kept as is.
     /// Returns whether a row was added.
     pub async fn register_replica(&self, replica: &Replica) -> Result<bool> {
+        let changing = self.copy_changing(&replica.bucket, &replica.name);
         let done = sqlx::query(
             "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, tombstone, lock_cnt, created_at, updated_at)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10) ON CONFLICT (bucket, name, site) DO NOTHING",
@@ -555,6 +571,7 @@ impl MetaStore {
         .bind(now_ms())
         .execute(self.pool())
         .await?;
+        changing.done();
         Ok(done.rows_affected() > 0)
     }
 
@@ -580,6 +597,7 @@ impl MetaStore {
         state: ReplicaState,
         error: Option<&str>,
     ) -> Result<()> {
+        let changing = self.copy_changing(bucket, name);
         sqlx::query(
             "UPDATE replicas SET state = $1, error_message = $2, updated_at = $3 WHERE bucket = $4 AND name = $5 AND site = $6",
         )
@@ -591,6 +609,7 @@ impl MetaStore {
         .bind(site)
         .execute(self.pool())
         .await?;
+        changing.done();
         Ok(())
     }
 
@@ -648,6 +667,7 @@ impl MetaStore {
         reason: Option<&str>,
         force: bool,
     ) -> Result<Declared> {
+        let changing = self.copy_changing(bucket, name);
         let mut tx = self.write_tx().await?;
         let Some(replica) = replica_in_tx(&mut tx, bucket, name, site).await? else {
             return Ok(Declared::UnknownReplica);
@@ -671,6 +691,7 @@ impl MetaStore {
         insert_bad_in_tx(&mut tx, &replica, BadState::Bad, reason, None).await?;
         set_state_in_tx(&mut tx, bucket, name, site, ReplicaState::Bad).await?;
         tx.commit().await?;
+        changing.done();
         Ok(Declared::Declared)
     }
 
@@ -810,6 +831,7 @@ impl MetaStore {
         site: &str,
         adler32: &str,
     ) -> Result<()> {
+        let changing = self.copy_changing(bucket, name);
         let mut tx = self.write_tx().await?;
         let now = now_ms();
         sqlx::query(
@@ -833,6 +855,7 @@ impl MetaStore {
         )
         .await?;
         tx.commit().await?;
+        changing.done();
         Ok(())
     }
 

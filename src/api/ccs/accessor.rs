@@ -301,7 +301,8 @@ fn check_declared_size(
 }
 
 /// A READY object the client may read, or 404. Bucket, rights and object come from the
-/// metadata cache, or from one query when it misses.
+/// metadata cache, or from one query when it misses. A copy declared BAD or LOST here is
+/// never served (404: a read through the topology goes on to a good copy elsewhere).
 pub(crate) async fn readable_object(
     state: &AppState,
     client: &str,
@@ -316,7 +317,7 @@ pub(crate) async fn readable_object(
         return Err(Error::not_found(format!("bucket {bucket} not found")));
     }
     match view.object {
-        Some(obj) if obj.status == Status::Ready => Ok(obj),
+        Some(obj) if obj.status == Status::Ready && !view.bad_here => Ok(obj),
         _ => Err(Error::not_found(format!(
             "object {bucket}/{name} not found"
         ))),
@@ -538,13 +539,14 @@ async fn head_object(
     })
 }
 
-/// OBJECT (with the object), DIRECTORY, or None.
+/// OBJECT (with the object), DIRECTORY, or None. A copy declared BAD or LOST here is not
+/// advertised.
 pub async fn object_type(
     state: &AppState,
     bucket: &str,
     name: &str,
 ) -> Result<Option<(&'static str, Option<Object>)>> {
-    if let Some(obj) = state.meta.get_object(bucket, name).await? {
+    if let Some(obj) = state.meta.servable_object(bucket, name).await? {
         if obj.status == Status::Ready {
             return Ok(Some(("OBJECT", Some(obj))));
         }

@@ -268,13 +268,22 @@ pub async fn fetch_through(
         .map_err(for_client)
 }
 
-/// 404, or 410 when the target is a bucket this site knows as deleted.
-async fn nowhere(state: &AppState, target: &Target) -> Error {
+/// 404, or 410 when the target is a bucket known as deleted, here or at a peer (a site that
+/// never held the bucket asks them).
+async fn nowhere(state: &AppState, target: &Target, caller: &Caller<'_>) -> Error {
     if target.object.is_none() {
-        if let Ok(Some(b)) = state.meta.get_bucket(&target.bucket).await {
-            if b.status == crate::model::object::Status::Deleted {
-                return Error::gone(format!("bucket {} is deleted", target.bucket));
+        let gone = || Error::gone(format!("bucket {} is deleted", target.bucket));
+        match state.meta.get_bucket(&target.bucket).await {
+            Ok(Some(b)) if b.status == crate::model::object::Status::Deleted => return gone(),
+            Ok(None)
+                if state
+                    .topology
+                    .deleted_at_a_peer(&target.bucket, caller)
+                    .await =>
+            {
+                return gone()
             }
+            _ => {}
         }
     }
     Error::not_found(format!("{} not found at any site", describe(target)))
@@ -293,7 +302,7 @@ async fn fetch_through_peers(
             .locate(target, caller, pinned.as_deref())
             .await?
         else {
-            return Err(nowhere(state, target).await);
+            return Err(nowhere(state, target, caller).await);
         };
         match fetch_from(state, &located, target, caller, req_headers).await {
             Err(e) if attempt == 0 && pinned.is_none() && worth_another_lookup(&e) => {
@@ -304,7 +313,7 @@ async fn fetch_through_peers(
             other => return other.map(|resp| with_target(resp, &located.site.id)),
         }
     }
-    Err(nowhere(state, target).await)
+    Err(nowhere(state, target, caller).await)
 }
 
 /// The site no longer has it, or cannot be reached: the location (maybe cached) is stale,

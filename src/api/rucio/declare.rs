@@ -1,5 +1,6 @@
-//! Declarations: `POST /replicas/bad`, `POST /replicas/bad/pfns`, `POST|GET /replicas/suspicious`,
-//! `POST /replicas/tombstone`, and their history: `GET /replicas/bad/states`,
+//! Declarations: `POST /replicas/bad`, `POST /replicas/bad/dids`, `POST /replicas/bad/pfns`,
+//! `POST|GET /replicas/suspicious`, `POST /replicas/tombstone` (and `POST /replicas/quarantine`,
+//! refused), and their history: `GET /replicas/bad/states`,
 //! `GET /replicas/bad/summary`. A declaration about a copy at another RSE is forwarded to that
 //! site, which keeps its own declarations; the history routes ask every selected site.
 
@@ -185,6 +186,83 @@ pub async fn bad(
     Ok(declared_answer(not_declared))
 }
 
+/// `POST /replicas/bad/dids` (`declare_bad_did_replicas`): the copies of `dids` at `rse` are
+/// declared BAD. Answers 201 with the list of those not declared (`scope:name Unknown replica`,
+/// `scope:name Already declared`), as Rucio's `add_bad_dids`; a copy at another RSE is declared
+/// by that site.
+pub async fn bad_dids(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    negotiate(&headers, &[JSON])?;
+    let p = json_body(&body)?;
+    let dids = super::parse_dids(optional_list(&p, "dids")?)?;
+    let rse = super::required_str(&p, "rse")?;
+    let reason = optional_str(&p, "reason")?;
+    let sites = view::sites(&state.catalogue).await?;
+    let site = find_site(&sites, rse)?;
+    if !site.local {
+        let forwarded = json!({ "dids": p.get("dids"), "rse": rse, "reason": reason });
+        let answer = forward_json(&state, site, "/replicas/bad/dids", &headers, &forwarded).await?;
+        return Ok((StatusCode::CREATED, Json(answer)).into_response());
+    }
+    let why = reason.unwrap_or("declared BAD through the API");
+    let mut not_declared = Vec::new();
+    for did in &dids {
+        let outcome =
+            healing::declare_bad(&state.catalogue, &did.scope, &did.name, why, false, "api")
+                .await?;
+        match outcome {
+            Declared::Declared => {}
+            Declared::AlreadyDeclared => not_declared.push(format!("{did} Already declared")),
+            Declared::UnknownReplica => not_declared.push(format!("{did} Unknown replica")),
+        }
+    }
+    Ok((StatusCode::CREATED, Json(not_declared)).into_response())
+}
+
+/// `POST /replicas/quarantine` records dark files (on storage, not in the catalogue) for
+/// Rucio's dark reaper. A site's storage holds only the objects it catalogues and nothing
+/// deletes unknown files from it, so this is refused in Rucio's envelope, after the request is
+/// read as Rucio reads it.
+pub async fn quarantine(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    negotiate(&headers, &[JSON])?;
+    let p = json_body(&body)?;
+    let replicas = optional_list(&p, "replicas")?;
+    let (rse, rse_id_given) = (optional_str(&p, "rse")?, optional_str(&p, "rse_id")?);
+    if replicas.is_empty() {
+        // Rucio answers 200 and does nothing for an empty list.
+        return Ok(StatusCode::OK.into_response());
+    }
+    let sites = view::sites(&state.catalogue).await?;
+    match (rse, rse_id_given) {
+        (Some(rse), _) => {
+            find_site(&sites, rse)?;
+        }
+        (None, Some(id)) => {
+            if !sites.iter().any(|s| rse_id(&s.id) == id) {
+                return Err(RucioError::not_found(
+                    "RSENotFound",
+                    format!("RSE with id '{id}' could not be found"),
+                ));
+            }
+        }
+        (None, None) => {
+            return Err(RucioError::value_error(
+                "Either RSE name or RSE id must be specified",
+            ))
+        }
+    }
+    Err(RucioError::unsupported(
+        "quarantining replicas is not supported: this storage holds no files outside the catalogue",
+    ))
+}
+
 // ---- SUSPICIOUS ----------------------------------------------------------------------------
 
 /// `POST /replicas/suspicious`: suspicions accumulate; past the threshold the copy is re-read.
@@ -313,7 +391,10 @@ fn parse_pfn_state(p: &Map<String, Value>) -> Result<PfnState> {
 }
 
 /// `POST /replicas/bad/pfns`: BAD (no expires_at), SUSPICIOUS, or TEMPORARY_UNAVAILABLE until
-/// expires_at (required). Every PFN must name a known replica (404), none twice (409).
+/// expires_at (required). A malformed request, or one naming a PFN twice (409 `Duplicate`),
+/// changes nothing; otherwise each PFN is declared at its site (forwarded when it is another
+/// one), and the answer is 201 with the list of those not declared, as the seed says
+/// (`<pfn> Unknown RSE`, `<pfn> Unknown replica`, `<pfn> Already declared`, or why not).
 pub async fn bad_pfns(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -347,101 +428,94 @@ pub async fn bad_pfns(
     let items: Vec<Value> = pfns.iter().map(|p| json!(p)).collect();
     let mut unknown = NotDeclared::new();
     let named = resolve(&sites, &items, &mut unknown)?;
-    if let Some(first) = unknown.values().flatten().next() {
-        return Err(RucioError::not_found("ReplicaNotFound", first.clone()));
-    }
+    let mut not_declared: Vec<String> = unknown.into_values().flatten().collect();
     for (site, group) in by_site(&sites, &named) {
         if site.local {
-            check_pfns_here(&state, &group, kind).await?;
             for n in group {
-                declare_pfn_here(&state, n, kind, reason, expires_at).await?;
+                if let Err(why) = declare_pfn_here(&state, n, kind, reason, expires_at).await? {
+                    not_declared.push(why);
+                }
             }
-        } else {
-            let subset: Vec<&str> = group.iter().map(|n| n.label.as_str()).collect();
-            let mut body = p.clone();
-            body.insert("pfns".into(), json!(subset));
-            forward(
-                &state,
-                site,
-                Method::POST,
-                "/replicas/bad/pfns",
-                &headers,
-                &Value::Object(body),
-            )
-            .await?;
+            continue;
+        }
+        let subset: Vec<&str> = group.iter().map(|n| n.label.as_str()).collect();
+        let mut body = p.clone();
+        body.insert("pfns".into(), json!(subset));
+        match forward_json(
+            &state,
+            site,
+            "/replicas/bad/pfns",
+            &headers,
+            &Value::Object(body),
+        )
+        .await
+        {
+            Ok(answer) => not_declared.extend(
+                answer
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned),
+            ),
+            Err(e) => not_declared.extend(subset.iter().map(|p| format!("{p} {}", e.message))),
         }
     }
-    Ok(created())
+    Ok((StatusCode::CREATED, Json(not_declared)).into_response())
 }
 
-/// Nothing changes unless every PFN of this site names a copy that can take the declaration.
-async fn check_pfns_here(state: &AppState, group: &[&Named], kind: PfnState) -> Result<()> {
-    for n in group {
-        let row = state
-            .meta
-            .replica(&n.did.scope, &n.did.name, &state.site_id)
-            .await?
-            .ok_or_else(|| {
-                RucioError::not_found("ReplicaNotFound", format!("{} Unknown replica", n.label))
-            })?;
-        let duplicate = match kind {
-            PfnState::Bad => row.state == ReplicaState::Bad,
-            PfnState::Temporary => row.state == ReplicaState::TemporaryUnavailable,
-            PfnState::Suspicious => false,
-        };
-        if duplicate {
-            return Err(RucioError::duplicate(format!(
-                "{} is already declared {}",
-                n.label,
-                row.state.name()
-            )));
-        }
-    }
-    Ok(())
-}
-
+/// Declares one PFN of this site; Err is the line of the not-declared list saying why not (a
+/// store failure is an error of the request).
 async fn declare_pfn_here(
     state: &AppState,
     n: &Named,
     kind: PfnState,
     reason: Option<&str>,
     expires_at: Option<i64>,
-) -> Result<()> {
+) -> Result<std::result::Result<(), String>> {
     let (bucket, name, site) = (&n.did.scope, &n.did.name, &state.site_id);
-    let unknown =
-        || RucioError::not_found("ReplicaNotFound", format!("{} Unknown replica", n.label));
+    let not = |why: &str| Err(format!("{} {why}", n.label));
+    let Some(row) = state.meta.replica(bucket, name, site).await? else {
+        return Ok(not("Unknown replica"));
+    };
     match kind {
         PfnState::Bad => {
             let why = reason.unwrap_or("declared BAD through the API");
-            match healing::declare_bad(&state.catalogue, bucket, name, why, false, "api").await? {
-                Declared::Declared => Ok(()),
-                Declared::AlreadyDeclared => Err(RucioError::duplicate(format!(
-                    "{} is already declared BAD",
-                    n.label
-                ))),
-                Declared::UnknownReplica => Err(unknown()),
-            }
+            Ok(
+                match healing::declare_bad(&state.catalogue, bucket, name, why, false, "api")
+                    .await?
+                {
+                    Declared::Declared => Ok(()),
+                    Declared::AlreadyDeclared => not("Already declared"),
+                    Declared::UnknownReplica => not("Unknown replica"),
+                },
+            )
         }
-        PfnState::Suspicious => {
+        PfnState::Suspicious => Ok(
             match healing::suspect(&state.catalogue, bucket, name, reason).await? {
                 true => Ok(()),
-                false => Err(unknown()),
-            }
+                false => not("Unknown replica"),
+            },
+        ),
+        PfnState::Temporary if row.state == ReplicaState::TemporaryUnavailable => {
+            Ok(not("Already declared"))
         }
         PfnState::Temporary => {
             let until = expires_at.unwrap_or_default();
-            match state
-                .meta
-                .declare_temporary(bucket, name, site, reason, until)
-                .await?
-            {
-                Changed::Done => Ok(()),
-                Changed::NotFound => Err(unknown()),
-                Changed::Locked | Changed::Refused(_) => Err(RucioError::unsupported(format!(
-                    "{} cannot become TEMPORARY_UNAVAILABLE: only an AVAILABLE replica can",
-                    n.label
-                ))),
-            }
+            Ok(
+                match state
+                    .meta
+                    .declare_temporary(bucket, name, site, reason, until)
+                    .await?
+                {
+                    Changed::Done => Ok(()),
+                    Changed::NotFound => not("Unknown replica"),
+                    Changed::Locked | Changed::Refused(_) => not(&format!(
+                        "cannot become TEMPORARY_UNAVAILABLE from {}: only an AVAILABLE replica can",
+                        row.state.name()
+                    )),
+                },
+            )
         }
     }
 }
@@ -524,19 +598,61 @@ pub async fn bad_states(
         limit: int_param(q.limit.as_deref(), "limit")?,
     };
     let sites = view::sites(&state.catalogue).await?;
-    let selected = match q.rse.as_deref().filter(|s| !s.is_empty()) {
-        Some(rse) => vec![find_site(&sites, rse)?.clone()],
-        None => sites.clone(),
+    let rse = match q.rse.as_deref().filter(|s| !s.is_empty()) {
+        Some(rse) => Some(find_site(&sites, rse)?.clone()),
+        None => None,
     };
+    let selected = rse.clone().map_or_else(|| sites.clone(), |s| vec![s]);
     let rows = view::bad_replicas(&state.catalogue, &query, &selected).await?;
     let list_pfns = matches!(q.list_pfns.as_deref(), Some("true" | "True" | "1"));
     if list_pfns {
-        return Ok(ndjson(rows.iter().filter_map(|r| {
-            let site = sites.iter().find(|s| s.id == r.site)?;
-            Some(json!(pfn::build(&site.url, &r.bucket, &r.name)))
-        })));
+        let pfns = declared_pfns(&state, &rows, &sites, rse.as_ref()).await?;
+        return Ok(ndjson(pfns.into_iter().map(Value::String)));
     }
     Ok(ndjson(rows.iter().map(state_line)))
+}
+
+/// What Rucio lists for `list_pfns`: PFN strings, not declarations. With `rse`, the PFN of each
+/// declared copy there; without, the PFNs of every copy (any state) of each declared file.
+/// Each PFN once, in the order of the declarations.
+async fn declared_pfns(
+    state: &AppState,
+    rows: &[BadReplica],
+    sites: &[SiteInfo],
+    rse: Option<&SiteInfo>,
+) -> Result<Vec<String>> {
+    let mut seen = HashSet::new();
+    let mut dids = Vec::new();
+    for r in rows {
+        if seen.insert((r.bucket.as_str(), r.name.as_str())) {
+            dids.push(Did::new(&r.bucket, &r.name));
+        }
+    }
+    let copies = match rse {
+        Some(_) => Vec::new(),
+        None => view::replicas(&state.catalogue, &dids, sites).await?,
+    };
+    let mut pfns = Vec::new();
+    for did in &dids {
+        let at: Vec<&SiteInfo> = match rse {
+            Some(site) => vec![site],
+            None => sites
+                .iter()
+                .filter(|s| {
+                    copies
+                        .iter()
+                        .any(|c| c.site == s.id && c.bucket == did.scope && c.name == did.name)
+                })
+                .collect(),
+        };
+        for site in at {
+            let pfn = pfn::build(&site.url, &did.scope, &did.name);
+            if !pfns.contains(&pfn) {
+                pfns.push(pfn);
+            }
+        }
+    }
+    Ok(pfns)
 }
 
 fn state_line(r: &BadReplica) -> Value {

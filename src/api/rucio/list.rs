@@ -56,13 +56,19 @@ pub struct DidQuery {
     limit: Option<usize>,
 }
 
-/// `GET /replicas/{scope}/{name}` (available copies only) and `.../{name}/datasets`.
+/// `GET /replicas/{scope}/{name}` (available copies only), `.../{name}/datasets` and
+/// `.../{name}/datasets_vp`.
 pub async fn did(
     State(state): State<AppState>,
     Path((scope, rest)): Path<(String, String)>,
     Query(q): Query<DidQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    if rest.ends_with("/datasets_vp") {
+        // Rucio without a Virtual Placement service (none here) answers `["other"]`.
+        negotiate(&headers, &[NDJSON])?;
+        return Ok(ndjson([json!("other")]));
+    }
     if let Some(name) = rest.strip_suffix("/datasets") {
         // `deep` changes nothing: a dataset's replicas are always computed from its files.
         negotiate(&headers, &[NDJSON])?;
@@ -73,9 +79,7 @@ pub async fn did(
     let sort = q.select.or(q.sort);
     let req = ListRequest {
         dids: vec![Did::new(scope, rest)],
-        schemes: q
-            .schemes
-            .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect()),
+        schemes: q.schemes.as_deref().map(split_schemes),
         rse_expression: None,
         all_states: false,
         closeness: sort.as_deref() == Some("closeness"),
@@ -90,6 +94,8 @@ pub struct ListQuery {
     select: Option<String>,
     sort: Option<String>,
     limit: Option<usize>,
+    /// Comma-separated, like the GET route's (the body's `schemes`, when given, wins).
+    schemes: Option<String>,
 }
 
 /// `POST /replicas/list`.
@@ -110,7 +116,8 @@ pub async fn list(
         Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(a)) => Some(strings(a, "schemes")?),
         Some(_) => return Err(RucioError::type_error("'schemes' must be a list")),
-    };
+    }
+    .or_else(|| q.schemes.as_deref().map(split_schemes));
     let req = ListRequest {
         dids: parse_dids(optional_list(&p, "dids")?)?,
         schemes,
@@ -121,6 +128,10 @@ pub async fn list(
     };
     let files = list_files(&state, &req).await?;
     Ok(render(&files, format, req.all_states, true))
+}
+
+fn split_schemes(text: &str) -> Vec<String> {
+    text.split(',').map(|x| x.trim().to_owned()).collect()
 }
 
 fn render(files: &[FileReplicas], format: &str, all_states: bool, detailed: bool) -> Response {

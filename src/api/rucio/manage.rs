@@ -1,6 +1,6 @@
 //! `POST /replicas/` (register copies that exist at an RSE), `PUT /replicas/` (state changes)
-//! and `DELETE /replicas/` (remove the copy at an RSE). A request about another RSE is carried
-//! out by that site: forwarded, or for a deletion queued as a DELETE order to it.
+//! and `DELETE /replicas/` (remove the copy at an RSE). A request about another RSE is forwarded
+//! to that site, which alone knows its copies' locks and state.
 
 use std::collections::HashSet;
 
@@ -23,7 +23,6 @@ use crate::meta::replicas::{Changed, Declared};
 use crate::meta::replication::now_ms;
 use crate::meta::{Object, Status};
 use crate::model::order::WriteOrigin;
-use crate::model::order::{Action, Order};
 use crate::model::replica::{Did, Replica, ReplicaState};
 use crate::state::AppState;
 
@@ -37,7 +36,7 @@ async fn target(state: &AppState, body: &Bytes) -> Result<(Map<String, Value>, S
     Ok((p, site))
 }
 
-/// `POST|PUT /replicas/` concern one RSE: the parameters when it is this site, else the
+/// `POST|PUT|DELETE /replicas/` concern one RSE: the parameters when it is this site, else the
 /// answer of the site that is.
 async fn here_or_forward(
     state: &AppState,
@@ -368,16 +367,19 @@ async fn change_state(
 
 // ---- DELETE --------------------------------------------------------------------------------
 
-/// `DELETE /replicas/`: removes the copies at the RSE (only there). Here at once; at another
-/// RSE through a DELETE order, durable and retried like every order.
-pub async fn remove(State(state): State<AppState>, body: Bytes) -> Result<Response> {
-    let (p, site) = target(&state, &body).await?;
+/// `DELETE /replicas/`: removes the copies at the RSE (only there). Another RSE's copies are
+/// removed by that site (forwarded), so their locks hold wherever the request arrives (423).
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let p = match here_or_forward(&state, Method::DELETE, &headers, &body).await? {
+        Ok(p) => p,
+        Err(answer) => return Ok(answer),
+    };
     let dids = unique_dids(files(&p))?;
-    if site.local {
-        remove_here(&state, &dids).await?;
-    } else {
-        order_removal(&state, &site, &dids).await?;
-    }
+    remove_here(&state, &dids).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -408,38 +410,5 @@ async fn remove_here(state: &AppState, dids: &[Did]) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
-}
-
-async fn order_removal(state: &AppState, site: &SiteInfo, dids: &[Did]) -> Result<()> {
-    let rows = view::replicas(&state.catalogue, dids, std::slice::from_ref(site)).await?;
-    let mut orders = Vec::new();
-    for did in dids {
-        if !rows
-            .iter()
-            .any(|r| r.site == site.id && r.bucket == did.scope && r.name == did.name)
-        {
-            return Err(RucioError::replica_not_found(did, &site.id));
-        }
-        let owner = state
-            .meta
-            .get_bucket(&did.scope)
-            .await?
-            .map(|b| b.client_id)
-            .unwrap_or_else(|| "rucio".into());
-        orders.push(Order {
-            op_id: uuid::Uuid::new_v4().to_string(),
-            from_site: state.site_id.clone(),
-            to_site: site.id.clone(),
-            client_id: owner,
-            bucket_name: did.scope.clone(),
-            object_name: Some(did.name.clone()),
-            size: None,
-            hash: None,
-            action: Action::Delete,
-        });
-    }
-    state.meta.queue_orders(&orders).await?;
-    state.replication.queued(&orders);
     Ok(())
 }

@@ -357,6 +357,42 @@ impl TopologyService {
         Ok(None)
     }
 
+    /// After a lookup found `bucket` nowhere: whether an UP peer knows it as deleted (410 to
+    /// `GET /replicator/remote/buckets/{bucket}`, the route whose answers include 410), so the
+    /// caller can tell "deleted" (410) from "never existed" (404) even when this site never
+    /// held the bucket. Asks the peers in parallel and costs the client one lookup of its
+    /// budget; with none left it answers false (404) without asking.
+    pub async fn deleted_at_a_peer(&self, bucket: &str, caller: &Caller<'_>) -> bool {
+        let Ok(peers) = self.up_peers().await else {
+            return false;
+        };
+        if peers.is_empty() || self.check_miss_budget(caller.client_id).is_err() {
+            return false;
+        }
+        let target = Target {
+            bucket: bucket.to_owned(),
+            object: None,
+        };
+        let mut asked: FuturesUnordered<_> = peers
+            .iter()
+            .filter(|p| !self.is_skipped(&p.id))
+            .map(|peer| {
+                let url = format!("{}{}", peer.uri.trim_end_matches('/'), target.remote_path());
+                self.peer_request(reqwest::Method::GET, url)
+                    .header(CLIENT_ID, caller.client_id)
+                    .header(OP_ID, caller.op_id)
+                    .timeout(self.peer_timeout())
+                    .send()
+            })
+            .collect();
+        while let Some(answer) = asked.next().await {
+            if matches!(answer, Ok(r) if r.status() == http::StatusCode::GONE) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn cached(&self, target: &Target) -> Option<Option<Located>> {
         let entry = self.cache.get(target)?;
         if entry.until < Instant::now() {
