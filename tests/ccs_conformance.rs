@@ -328,8 +328,23 @@ async fn orders_answer_409_for_an_existing_bucket_and_per_order_in_a_batch() {
 async fn a_bucket_created_at_both_sites_replicates_without_failures() {
     let sites = meshed_sites(&["site-a", "site-b"], "").await;
     let (a, b) = (&sites[0], &sites[1]);
+    // A's order waits behind a pause until B has its own bucket: the CREATE order then meets
+    // an existing bucket whatever the machine's load.
+    let backbeat = |site: &Site, what: &str| {
+        let url = site.url(&format!("/_/backbeat/api/crr/{what}/site-b"));
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(backbeat(a, "pause").await, 200);
     create_bucket(a, "twin").await;
     create_bucket(b, "twin").await;
+    assert_eq!(backbeat(a, "resume").await, 200);
     for site in [a, b] {
         eventually(
             std::time::Duration::from_secs(20),
