@@ -198,6 +198,14 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     #[serde(default)]
     pub bucket_prefix: String,
+    /// Size of the blocks whose SHA-256 is recorded at write time (range reads and resumed
+    /// pulls are verified by block). Default 4 MiB.
+    #[serde(default = "default_block_size")]
+    pub block_size_bytes: u64,
+}
+
+fn default_block_size() -> u64 {
+    4 * 1024 * 1024
 }
 
 impl Default for StorageConfig {
@@ -210,6 +218,7 @@ impl Default for StorageConfig {
             secret_access_key: None,
             force_path_style: false,
             bucket_prefix: String::new(),
+            block_size_bytes: default_block_size(),
         }
     }
 }

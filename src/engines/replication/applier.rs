@@ -13,7 +13,7 @@ use super::backoff_ms;
 use super::Replication;
 use crate::core::objects::{self, Expected};
 use crate::core::wire::{parse_metadata, CREATION, EXPIRES, HASH, ID, METADATA, SITE, SIZE};
-use crate::core::wire::{CLIENT_ID, OP_ID};
+use crate::core::wire::{CLIENT_ID, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
 use crate::engines::topology::{Caller, Target};
 use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, InboxRow};
@@ -335,6 +335,14 @@ async fn pull_from(
         {
             metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
                 .increment(1);
+            report_corrupt(
+                state,
+                site,
+                bucket,
+                name,
+                o.hash.as_deref().unwrap_or_default(),
+                &e.message,
+            );
             Err(Failure::Transient(format!(
                 "integrity: bytes of {bucket}/{name} from {site} do not match the order: {}",
                 e.message
@@ -367,6 +375,8 @@ pub(crate) async fn open_remote(
         .header(CLIENT_ID, client_id)
         .header(OP_ID, op_id)
         .header(http::header::ACCEPT, "application/octet-stream")
+        // This end verifies: the source streams its bytes without hashing them again.
+        .header(VERIFY, VERIFY_BY_RECEIVER)
         .send()
         .await
         .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
@@ -418,6 +428,48 @@ pub(crate) async fn open_remote(
         )
     }));
     Ok((headers, body))
+}
+
+/// Tells `site` that the bytes of its copy of version `hash` of `bucket/name`, as received
+/// here, did not verify (it streamed them unhashed, see `wire::VERIFY`): it re-reads its copy
+/// and declares it BAD if it fails, which queues its repair. Best effort, in the background.
+pub fn report_corrupt(
+    state: &Replication,
+    site: &str,
+    bucket: &str,
+    name: &str,
+    hash: &str,
+    why: &str,
+) {
+    let (state, site) = (state.clone(), site.to_owned());
+    let report = serde_json::json!({
+        "bucket": bucket, "name": name, "hash": hash, "reason": why,
+    });
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let sent = async {
+            let peer = state.topology.peer(&site).await?;
+            let url = format!("{}/replicator/remote/reports", peer.uri.trim_end_matches('/'));
+            let resp = state
+                .topology
+                .client()
+                .post(&url)
+                .json(&report)
+                .send()
+                .await
+                .map_err(|e| Error::upstream(Kind::BadGateway, e.to_string()))?;
+            Ok::<_, Error>(resp.status())
+        };
+        match sent.await {
+            Ok(status) => {
+                metrics::counter!("mirrorgate_corruption_reports_sent_total").increment(1);
+                tracing::warn!(peer = %site, %status, "reported a corrupt copy to its holder: {report}");
+            }
+            Err(e) => tracing::warn!(peer = %site, "could not report a corrupt copy: {e}"),
+        }
+    });
 }
 
 /// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).
