@@ -309,3 +309,108 @@ async fn objects_without_blocks_serve_ranges_as_before() {
     .await;
     assert_range(&url, "bytes=-10", &body, 3 * BLOCK - 10, 10).await;
 }
+
+// ---- parallel, resumable pulls -------------------------------------------------------------
+
+/// Objects of 256 KiB and more are pulled by ranges, `streams` at once.
+fn ranged_config(streams: usize) -> String {
+    with_blocks(&format!(
+        "[replication]\nworkers = 2\nmax_attempts = 100\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n\
+         ranged_pull_min_bytes = 262144\npull_streams = {streams}\n\
+         [rucio]\nbackground_interval_ms = 150\n[scrub]\nenabled = false\n"
+    ))
+}
+
+/// A (the source) and B (the receiver); B reaches A only through a proxy.
+async fn pair_through_proxy(streams: usize) -> (Site, Site, proxy::Proxy) {
+    let config = ranged_config(streams);
+    let (a, b) = (
+        Site::start("site-a", &config),
+        Site::start("site-b", &config),
+    );
+    let proxy = proxy::Proxy::start(&a.addr).await;
+    add_peer(&a, &b).await;
+    let r = reqwest::Client::new()
+        .post(b.url("/administration/topologies"))
+        .json(&serde_json::json!({"id": "site-a", "name": "site-a", "uri": proxy.url, "status": "UP"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    (a, b, proxy)
+}
+
+/// Blocks recorded verified in B's staging (0 when nothing is staged).
+fn staged_blocks(site: &Site) -> usize {
+    let Ok(dir) = std::fs::read_dir(site.dir.join("staging")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "blocks"))
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| (m.len().saturating_sub(8) / 4) as usize)
+        .sum()
+}
+
+fn staging_is_empty(site: &Site) -> bool {
+    std::fs::read_dir(site.dir.join("staging")).map_or(true, |mut d| d.next().is_none())
+}
+
+async fn arrives(site: &Site, bucket: &str, key: &str, body: &[u8]) {
+    eventually(Duration::from_secs(90), "the replica", || async {
+        holds(site, bucket, key).await.then_some(())
+    })
+    .await;
+    assert!(file_is(site, bucket, key, body));
+}
+
+#[tokio::test]
+async fn a_cut_pull_resumes_from_its_verified_blocks() {
+    let (a, b, proxy) = pair_through_proxy(4).await;
+    create_bucket(&a, "big").await;
+    bucket_arrives(&b, "big").await;
+    let size = 64 * BLOCK;
+    let body = data(size, 7);
+    proxy.cut_once_after(600_000);
+    put_object(&a, "big", "obj", body.clone()).await;
+    arrives(&b, "big", "obj", &body).await;
+    assert_eq!(proxy.cuts(), 1, "the pull was cut");
+    let resumed = b.metric("mirrorgate_pull_resumed_bytes_total").await;
+    assert!(
+        resumed <= BLOCK as f64,
+        "at most one block again: {resumed}"
+    );
+    assert_eq!(
+        b.metric("mirrorgate_pull_block_bytes_total").await,
+        size as f64,
+        "every block verified once"
+    );
+    assert!(staging_is_empty(&b));
+}
+
+#[tokio::test]
+async fn a_killed_receiver_resumes_from_its_verified_blocks() {
+    let (a, mut b, proxy) = pair_through_proxy(1).await;
+    create_bucket(&a, "big").await;
+    bucket_arrives(&b, "big").await;
+    let blocks = 64;
+    let body = data(blocks * BLOCK, 8);
+    proxy.throttle(1_000_000);
+    put_object(&a, "big", "obj", body.clone()).await;
+    eventually(Duration::from_secs(60), "8 blocks staged at B", || async {
+        (staged_blocks(&b) >= 8).then_some(())
+    })
+    .await;
+    b.kill9();
+    let verified = staged_blocks(&b);
+    assert!(verified < blocks, "killed mid-pull");
+    proxy.throttle(0);
+    b.restart();
+    arrives(&b, "big", "obj", &body).await;
+    // The restarted receiver fetched only the blocks it had not verified before the kill.
+    assert_eq!(
+        b.metric("mirrorgate_pull_block_bytes_total").await,
+        ((blocks - verified) * BLOCK) as f64
+    );
+    assert!(staging_is_empty(&b));
+}

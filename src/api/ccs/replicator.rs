@@ -38,6 +38,10 @@ pub fn remote_routes() -> Router<AppState> {
             get(remote_get_object).head(remote_head_object),
         )
         .route("/replicator/remote/reports", post(corrupt_report))
+        .route(
+            "/replicator/remote/blocks/{bucket}/{*object}",
+            get(remote_blocks),
+        )
 }
 
 /// Reads a client makes through the topology (trust class: client).
@@ -119,6 +123,28 @@ async fn remote_get_object(
     let obj = readable_object(&state, &client, &bucket, &name).await?;
     let verification = verification_asked(&req_headers);
     serve_object(&state, obj, &op_id, &req_headers, verification).await
+}
+
+/// `GET /replicator/remote/blocks/{bucket}/{*object}` (trust class: peer): the block hashes
+/// of this site's copy with the object's headers, for a pull by ranges; 404 when none were
+/// recorded (the peer then pulls the object as one stream).
+async fn remote_blocks(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    let hash = obj.hash.clone().unwrap_or_default();
+    let Some(blocks) = state.meta.blocks_of(&bucket, &name, &hash).await? else {
+        return Err(Error::not_found(format!(
+            "no block hashes recorded for {bucket}/{name}"
+        )));
+    };
+    let list = crate::engines::replication::ranged::BlockList {
+        block_size: blocks.block_size,
+        digests: blocks.to_hex(),
+    };
+    Ok((crate::core::wire::object_headers(&obj), axum::Json(list)).into_response())
 }
 
 /// A verifying peer asks for the bytes as stored (`wire::VERIFY`). Honoured here only: these

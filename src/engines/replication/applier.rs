@@ -10,6 +10,7 @@ use futures::TryStreamExt;
 use http::HeaderMap;
 
 use super::backoff_ms;
+use super::ranged;
 use super::Replication;
 use crate::core::objects::{self, Expected};
 use crate::core::wire::{parse_metadata, CREATION, EXPIRES, HASH, ID, METADATA, SITE, SIZE};
@@ -155,6 +156,13 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
         }
         (Some(name), _) => {
             let outcome = replicate_object(state, row, name).await;
+            if !matches!(outcome, Err(Failure::Transient(_))) {
+                // The order ended: nothing staged for its version is needed any more.
+                let hash = o.hash.as_deref().unwrap_or_default();
+                ranged::Staging::of(state, &o.bucket_name, name, hash)
+                    .discard()
+                    .await;
+            }
             // A pull that stored no copy (failed, superseded) leaves no COPYING row behind.
             crate::core::replicas::copy_ended(&state.site, &o.bucket_name, name).await;
             outcome
@@ -303,16 +311,26 @@ async fn pull_from(
     current: Option<&Object>,
 ) -> std::result::Result<(), Failure> {
     let bucket = &o.bucket_name;
-    let (headers, body) = open_remote(
-        state,
-        site,
-        bucket,
-        name,
-        &o.client_id,
-        &o.op_id,
-        o.hash.as_deref(),
-    )
-    .await?;
+    // A large object comes by verified ranges into a resumable staging file.
+    let (headers, body, staging) = match ranged::pull(state, o, name, site).await? {
+        Some((headers, staging)) => {
+            let body = staging.stream().await?;
+            (headers, body, Some(staging))
+        }
+        None => {
+            let (headers, body) = open_remote(
+                state,
+                site,
+                bucket,
+                name,
+                &o.client_id,
+                &o.op_id,
+                o.hash.as_deref(),
+            )
+            .await?;
+            (headers, body, None)
+        }
+    };
     let obj = replica_object(o, name, &headers);
     let expected = Expected {
         size: o.size,
@@ -325,6 +343,14 @@ async fn pull_from(
         Some(current) => objects::replace(&state.site, current, obj, body, expected, &origin).await,
         None => objects::store(&state.site, obj, body, expected, &origin).await,
     };
+    // Stored, or the staged bytes did not verify as a whole: either way they are done.
+    let staged_done = stored.is_ok()
+        || stored
+            .as_ref()
+            .is_err_and(|e| e.message.contains("mismatch"));
+    if let (Some(staging), true) = (&staging, staged_done) {
+        staging.discard().await;
+    }
     match stored {
         Ok(_) => {
             crate::core::replicas::pulled_from(&state.site, bucket, name, site).await;
