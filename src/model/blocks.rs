@@ -37,7 +37,7 @@ impl BlockHashes {
 
     /// Parses [`BlockHashes::to_hex`]; None when the text is not a whole number of digests.
     pub fn from_hex(block_size: u64, text: &str) -> Option<Self> {
-        if block_size == 0 || text.len() % 64 != 0 || !text.is_ascii() {
+        if block_size == 0 || !text.len().is_multiple_of(64) || !text.is_ascii() {
             return None;
         }
         let digests = text
