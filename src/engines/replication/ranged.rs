@@ -17,7 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -335,10 +335,9 @@ impl Pull<'_> {
                 block.extend_from_slice(&chunk[..take]);
                 chunk = &chunk[take..];
                 if block.len() as u64 == block_len {
-                    self.keep_block(index, &block)
+                    self.keep_block(index, block.split().freeze())
                         .await
                         .map_err(|f| (index, f))?;
-                    block.clear();
                     index += 1;
                     block_len = self.block_len(index);
                 }
@@ -357,21 +356,24 @@ impl Pull<'_> {
         metrics::counter!("mirrorgate_pull_resumed_bytes_total").increment(bytes as u64);
     }
 
-    /// Checks a received block against the source's hash and stages it.
-    async fn keep_block(&self, index: u64, block: &[u8]) -> std::result::Result<(), Failure> {
-        let expected = self.blocks.digests.get(index as usize);
-        let file = self.file.clone();
+    /// Checks a received block against the source's hash and stages it: hashed, written at
+    /// its offset and recorded in one blocking call; a block that does not match is dropped.
+    async fn keep_block(&self, index: u64, block: Bytes) -> std::result::Result<(), Failure> {
+        let expected = self.blocks.digests.get(index as usize).copied();
+        let (file, staging) = (self.file.clone(), self.staging.clone());
         let offset = self.blocks.span(index, self.size).0;
-        let data = block.to_vec();
-        let staging = self.staging.clone();
-        let actual = tokio::task::spawn_blocking(move || -> Result<[u8; 32]> {
-            let actual = blocks::digest(&data);
-            file.write_all_at(&data, offset)?;
-            Ok(actual)
+        let len = block.len() as u64;
+        let matched = tokio::task::spawn_blocking(move || -> Result<bool> {
+            if Some(blocks::digest(&block)) != expected {
+                return Ok(false);
+            }
+            file.write_all_at(&block, offset)?;
+            staging.record(&file, index)?;
+            Ok(true)
         })
         .await
         .map_err(|e| Failure::Transient(e.to_string()))??;
-        if expected != Some(&actual) {
+        if !matched {
             metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
                 .increment(1);
             let why = format!(
@@ -384,11 +386,7 @@ impl Pull<'_> {
             report_corrupt(self.state, self.site, &o.bucket_name, name, hash, &why);
             return Err(Failure::Transient(format!("integrity: {why}")));
         }
-        let file = self.file.clone();
-        tokio::task::spawn_blocking(move || staging.record(&file, index))
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))??;
-        metrics::counter!("mirrorgate_pull_block_bytes_total").increment(block.len() as u64);
+        metrics::counter!("mirrorgate_pull_block_bytes_total").increment(len);
         Ok(())
     }
 }
