@@ -198,6 +198,14 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     #[serde(default)]
     pub bucket_prefix: String,
+    /// Size of the blocks whose SHA-256 is recorded at write time (range reads and resumed
+    /// pulls are verified by block). Default 4 MiB.
+    #[serde(default = "default_block_size")]
+    pub block_size_bytes: u64,
+}
+
+fn default_block_size() -> u64 {
+    4 * 1024 * 1024
 }
 
 impl Default for StorageConfig {
@@ -210,6 +218,7 @@ impl Default for StorageConfig {
             secret_access_key: None,
             force_path_style: false,
             bucket_prefix: String::new(),
+            block_size_bytes: default_block_size(),
         }
     }
 }
@@ -285,6 +294,21 @@ pub struct ReplicationConfig {
     pub backoff_max_ms: u64,
     #[serde(default = "default_retention")]
     pub failed_retention_hours: u64,
+    /// Objects of at least this many bytes are pulled as several verified ranges at once,
+    /// resumable from their verified blocks (64 MiB by default).
+    #[serde(default = "default_ranged_pull_min")]
+    pub ranged_pull_min_bytes: u64,
+    /// Ranges of one such pull in flight at once.
+    #[serde(default = "default_pull_streams")]
+    pub pull_streams: usize,
+}
+
+fn default_ranged_pull_min() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_pull_streams() -> usize {
+    4
 }
 
 impl Default for ReplicationConfig {
@@ -298,6 +322,8 @@ impl Default for ReplicationConfig {
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
             failed_retention_hours: default_retention(),
+            ranged_pull_min_bytes: default_ranged_pull_min(),
+            pull_streams: default_pull_streams(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub fn router(state: &AppState) -> Router {
         .merge(api::ccs::accessor::routes())
         .merge(api::ccs::replicator::local_routes())
         .route_layer(from_fn_with_state(trust.clone(), api::trust::client_guard));
+    // peer: reads of this site's copies (objects, block hashes), corruption reports, orders,
+    // catalogue.
     let peer = Router::new()
         .merge(api::ccs::replicator::remote_routes())
         .merge(api::ccs::orders::routes())

@@ -107,6 +107,8 @@ async fn peer_routes_need_a_peer_credential_when_auth_is_on() {
         (Method::POST, "/replicator/remote/orders/status"),
         (Method::POST, "/replicator/remote/catalogue/replicas"),
         (Method::POST, "/replicator/remote/catalogue/bad_replicas"),
+        (Method::POST, "/replicator/remote/reports"),
+        (Method::GET, "/replicator/remote/blocks/bkt/obj"),
     ];
     let expired = {
         let now = get_current_timestamp();

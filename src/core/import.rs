@@ -12,6 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
+use crate::model::blocks::{BlockHasher, BlockHashes};
+
 use crate::config::Config;
 use crate::error::Result;
 use crate::meta::{Bucket, MetaStore, Object, Status, TopologyStatus};
@@ -103,6 +105,7 @@ pub async fn import_bucket(
         storage: &storage,
         bucket,
         site: &config.site.id,
+        block_size: config.storage.block_size_bytes,
         owner,
         peers,
     };
@@ -168,6 +171,7 @@ struct Importer<'a> {
     storage: &'a DynStorage,
     bucket: &'a str,
     site: &'a str,
+    block_size: u64,
     /// The bucket's owner and the peers its objects replicate to.
     owner: String,
     peers: Vec<String>,
@@ -185,10 +189,16 @@ impl Importer<'_> {
         let Some(stored) = self.storage.describe(self.bucket, &listed.key).await? else {
             return Ok(Outcome::Vanished);
         };
-        let (hash, hashed) = match stored.hash {
-            Some(hash) => (hash, false),
-            None => (self.hash_by_reading(&stored).await?, true),
+        // Block hashes need the bytes: an object whose hash the backend keeps is registered
+        // without them (its range reads are not verified by blocks).
+        let (hash, blocks) = match stored.hash {
+            Some(hash) => (hash, None),
+            None => {
+                let (hash, blocks) = self.hash_by_reading(&stored).await?;
+                (hash, Some(blocks))
+            }
         };
+        let hashed = blocks.is_some();
         let obj = Object {
             id: uuid::Uuid::new_v4().to_string(),
             site: self.site.to_owned(),
@@ -202,7 +212,13 @@ impl Importer<'_> {
             metadata: Default::default(),
         };
         let orders = self.orders_for(&obj);
-        Ok(if self.meta.register_ready_object(&obj, &orders).await? {
+        let registered = self.meta.register_ready_object(&obj, &orders).await?;
+        if let (true, Some(blocks), Some(hash)) = (registered, &blocks, &obj.hash) {
+            self.meta
+                .put_blocks(&obj.bucket, &obj.name, hash, blocks)
+                .await?;
+        }
+        Ok(if registered {
             Outcome::Registered {
                 size: obj.size,
                 hashed,
@@ -238,14 +254,17 @@ impl Importer<'_> {
         Ok(existing.is_some_and(|o| !matches!(o.status, Status::Deleted | Status::ErrUpl)))
     }
 
-    async fn hash_by_reading(&self, stored: &StoredObject) -> Result<String> {
+    /// The object's SHA-256 and its block hashes, in one pass over its bytes.
+    async fn hash_by_reading(&self, stored: &StoredObject) -> Result<(String, BlockHashes)> {
         let mut body = self.storage.read(self.bucket, &stored.key).await?;
         let mut hasher = Sha256::new();
+        let mut blocks = BlockHasher::new(self.block_size);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
             hasher.update(&chunk);
+            blocks.update(&chunk);
         }
         if size != stored.size {
             return Err(crate::error::Error::storage(format!(
@@ -253,6 +272,9 @@ impl Importer<'_> {
                 self.bucket, stored.key, stored.size
             )));
         }
-        Ok(crate::model::hash::encode(&hasher.finalize()))
+        Ok((
+            crate::model::hash::encode(&hasher.finalize()),
+            blocks.finish(),
+        ))
     }
 }

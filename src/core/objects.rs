@@ -9,9 +9,10 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::Site;
-use crate::core::stream::{self, OnMismatch, Verify};
+use crate::core::stream::{self, OnMismatch, Verify, VerifyBlocks};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::meta::{Object, Status};
+use crate::model::blocks::BlockHasher;
 use crate::model::hash;
 use crate::model::order::Action;
 use crate::model::order::WriteOrigin;
@@ -204,6 +205,9 @@ async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Resul
         .await?;
     site.meta.finish_delete(obj, &orders).await?;
     site.queued(&orders);
+    if let Err(e) = site.meta.forget_blocks(bucket, name).await {
+        tracing::warn!(bucket = %bucket, object = %name, "forgetting block hashes: {e}");
+    }
     site.hooks().object_changed(bucket, Some(name));
     crate::core::replicas::removed(site, bucket, name, origin).await;
     Ok(())
@@ -261,6 +265,7 @@ async fn receive(
         )
         .await?;
     let mut hasher = Sha256::new();
+    let mut blocks = BlockHasher::new(site.config.storage.block_size_bytes);
     let mut adler = adler2::Adler32::new();
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
@@ -274,6 +279,7 @@ async fn receive(
             }
         }
         hasher.update(&chunk);
+        blocks.update(&chunk);
         adler.write_slice(&chunk);
         writer.write(chunk).await?;
     }
@@ -295,6 +301,9 @@ async fn receive(
         }
     }
     writer.commit(&actual).await?;
+    site.meta
+        .put_blocks(&obj.bucket, &obj.name, &actual, &blocks.finish())
+        .await?;
     metrics::counter!("mirrorgate_bytes_in_total").increment(size);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "in")
         .record(started.elapsed().as_secs_f64());
@@ -303,6 +312,33 @@ async fn receive(
         sha256: actual,
         adler32: crate::model::replica::adler32_text(adler.checksum()),
     })
+}
+
+/// Who checks the bytes of a read against the recorded hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// This site, while it serves them (clients, peers that do not verify).
+    Here,
+    /// The peer that receives them (it says so in `wire::VERIFY`, on a peer route).
+    ByReceiver,
+}
+
+/// A READY object's bytes for a complete answer, verified here or not (see [`Verification`]).
+/// A small object is verified here anyway: it is read and hashed in one step before anything
+/// is sent, so a corrupt one is a clean error (500, "integrity failure") rather than a cut
+/// body, for the cost of hashing at most [`SMALL_OBJECT`] bytes twice.
+pub async fn read_for(
+    site: &Site,
+    obj: &Object,
+    op_id: &str,
+    verification: Verification,
+) -> Result<Payload> {
+    match verification {
+        Verification::ByReceiver if obj.size > SMALL_OBJECT => {
+            Ok(Payload::Stream(open_unverified(site, obj).await?))
+        }
+        _ => read_verified(site, obj, op_id).await,
+    }
 }
 
 /// Objects of at most this many bytes are read whole, in one step, and verified before any
@@ -400,11 +436,51 @@ pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Pay
     Ok(Payload::Whole(whole.bytes))
 }
 
+/// Streams a stored READY object as it is, NOT verified: for a peer that verifies what it
+/// receives (one SHA-256 per byte per hop; see `wire::VERIFY`).
+pub async fn open_unverified(site: &Site, obj: &Object) -> Result<ByteStream> {
+    let raw = site.storage.read(&obj.bucket, &obj.name).await?;
+    Ok(Box::pin(Metered::new(raw)))
+}
+
 /// Streams `len` bytes of a stored READY object from offset `start` (a range the caller
-/// checked against the object's size). NOT verified: the recorded hash covers the whole
-/// object, and verifying ranges by blocks is later work. The stream fails if storage delivers
-/// fewer bytes than asked.
-pub async fn open_range(site: &Site, obj: &Object, start: u64, len: u64) -> Result<ByteStream> {
+/// checked against the object's size), verified against the recorded hashes of the blocks
+/// it touches: whole blocks are read and hashed, only the asked bytes are sent, and a block
+/// that does not match ends the stream with an error before it completes (the copy is then
+/// declared corrupt, like a corrupt whole object). Objects written before block hashes were
+/// recorded fall back to [`open_range_unverified`].
+pub async fn open_range(
+    site: &Site,
+    obj: &Object,
+    start: u64,
+    len: u64,
+    op_id: &str,
+) -> Result<ByteStream> {
+    let hash = recorded_hash(obj)?;
+    let Some(blocks) = site.meta.blocks_of(&obj.bucket, &obj.name, &hash).await? else {
+        return open_range_unverified(site, obj, start, len).await;
+    };
+    let (first, last) = blocks.touched(start, len);
+    let (from, _) = blocks.span(first, obj.size);
+    let (_, to) = blocks.span(last, obj.size);
+    let raw = site
+        .storage
+        .read_range(&obj.bucket, &obj.name, from, to - from)
+        .await?;
+    let on_mismatch = storage_mismatch(site, obj, &hash, op_id);
+    let checked = VerifyBlocks::new(raw, blocks, obj.size, start, len, on_mismatch);
+    Ok(Box::pin(Metered::new(Box::pin(checked))))
+}
+
+/// Streams `len` bytes from offset `start` as stored, NOT verified (a peer that verifies by
+/// blocks itself, or an object without recorded blocks). Fails if storage delivers fewer
+/// bytes than asked.
+pub async fn open_range_unverified(
+    site: &Site,
+    obj: &Object,
+    start: u64,
+    len: u64,
+) -> Result<ByteStream> {
     let raw = site
         .storage
         .read_range(&obj.bucket, &obj.name, start, len)

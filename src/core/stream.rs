@@ -27,6 +27,7 @@ use tokio_stream_shim::ReceiverStream;
 use zstd::stream::raw::{DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, Kind, Origin, Result};
+use crate::model::blocks::BlockHashes;
 use crate::model::hash;
 use crate::storage::ByteStream;
 
@@ -170,6 +171,143 @@ impl Stream for Verify {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => return Poll::Ready(self.finish()),
+            }
+        }
+    }
+}
+
+/// Forwards the bytes of whole blocks `[first, last]` of an object (read from the offset of
+/// `first`) while checking each block against its recorded SHA-256, and passes on only the
+/// part inside `[want_start, want_end)`. Each block's last piece is held back until the block
+/// verified, so a corrupt block never completes at the receiver.
+pub struct VerifyBlocks {
+    inner: ByteStream,
+    blocks: BlockHashes,
+    size: u64,
+    index: u64,
+    last: u64,
+    pos: u64,
+    block_end: u64,
+    want: (u64, u64),
+    hasher: Sha256,
+    held: Option<Bytes>,
+    ready: std::collections::VecDeque<Bytes>,
+    on_mismatch: Option<OnMismatch>,
+    done: bool,
+}
+
+impl VerifyBlocks {
+    /// `inner` must start at the first byte of the first block `want_start` touches.
+    pub fn new(
+        inner: ByteStream,
+        blocks: BlockHashes,
+        size: u64,
+        want_start: u64,
+        want_len: u64,
+        on_mismatch: OnMismatch,
+    ) -> Self {
+        let (first, last) = blocks.touched(want_start, want_len);
+        let (pos, block_end) = blocks.span(first, size);
+        Self {
+            inner,
+            blocks,
+            size,
+            index: first,
+            last,
+            pos,
+            block_end,
+            want: (want_start, want_start + want_len),
+            hasher: Sha256::new(),
+            held: None,
+            ready: Default::default(),
+            on_mismatch: Some(on_mismatch),
+            done: false,
+        }
+    }
+
+    fn fail(&mut self, what: String) -> Error {
+        self.done = true;
+        self.held = None;
+        self.ready.clear();
+        if let Some(f) = self.on_mismatch.take() {
+            f(&what);
+        }
+        Error::new(Kind::Internal, Origin::Storage, what)
+    }
+
+    /// Hashes one piece of a chunk, all inside the current block; queues what may go out.
+    fn absorb(&mut self, piece: Bytes) -> Result<()> {
+        self.hasher.update(&piece);
+        let (from, to) = (self.pos, self.pos + piece.len() as u64);
+        self.pos = to;
+        let (lo, hi) = (from.max(self.want.0), to.min(self.want.1));
+        if lo < hi {
+            let slice = piece.slice((lo - from) as usize..(hi - from) as usize);
+            if let Some(previous) = self.held.replace(slice) {
+                self.ready.push_back(previous);
+            }
+        }
+        if self.pos < self.block_end {
+            return Ok(());
+        }
+        let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let expected = self.blocks.digests.get(self.index as usize);
+        if expected != Some(&actual) {
+            let (from, to) = self.blocks.span(self.index, self.size);
+            let what = format!(
+                "hash mismatch: block {} (bytes {from}-{}) does not match its recorded SHA-256",
+                self.index,
+                to - 1
+            );
+            return Err(self.fail(what));
+        }
+        self.ready.extend(self.held.take());
+        self.index += 1;
+        self.block_end = self.blocks.span(self.index, self.size).1;
+        if self.index > self.last {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    fn absorb_chunk(&mut self, mut chunk: Bytes) -> Result<()> {
+        while !chunk.is_empty() && !self.done {
+            let take = (self.block_end - self.pos).min(chunk.len() as u64) as usize;
+            let piece = chunk.split_to(take);
+            self.absorb(piece)?;
+        }
+        Ok(())
+    }
+}
+
+impl Stream for VerifyBlocks {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(out) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(self.inner.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = self.absorb_chunk(chunk) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    let what = format!(
+                        "size mismatch: storage ended at byte {}, block {} ends at {}",
+                        self.pos, self.index, self.block_end
+                    );
+                    return Poll::Ready(Some(Err(self.fail(what))));
+                }
             }
         }
     }
@@ -521,6 +659,60 @@ mod tests {
         )
         .unwrap();
         assert!(collect(Box::pin(bad)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn verify_blocks_serves_the_slice_and_stops_at_a_bad_block() {
+        let data = sample(10_000);
+        let mut h = crate::model::blocks::BlockHasher::new(1000);
+        h.update(&data);
+        let blocks = h.finish();
+        let read = |from: usize, to: usize, bad: Option<usize>| {
+            let mut bytes = data[from..to].to_vec();
+            if let Some(at) = bad {
+                bytes[at - from] ^= 1;
+            }
+            from_chunks(chunks(&bytes, 333))
+        };
+        // Bytes 1500..4200 touch blocks 1..=4, read from 1000 to 5000.
+        let good = VerifyBlocks::new(
+            read(1000, 5000, None),
+            blocks.clone(),
+            10_000,
+            1500,
+            2700,
+            Box::new(|_| panic!()),
+        );
+        assert_eq!(collect(Box::pin(good)).await.unwrap(), &data[1500..4200]);
+        let tail = VerifyBlocks::new(
+            read(9000, 10_000, None),
+            blocks.clone(),
+            10_000,
+            9999,
+            1,
+            Box::new(|_| panic!()),
+        );
+        assert_eq!(collect(Box::pin(tail)).await.unwrap(), &data[9999..]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut bad = VerifyBlocks::new(
+            read(1000, 5000, Some(3500)),
+            blocks,
+            10_000,
+            1500,
+            2700,
+            Box::new(move |w| tx.send(w.to_owned()).unwrap()),
+        );
+        let mut delivered = 0;
+        let mut failed = false;
+        while let Some(c) = bad.next().await {
+            match c {
+                Ok(c) => delivered += c.len(),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed);
+        assert!(delivered < 2500, "block 3 never completes: {delivered}");
+        assert!(rx.recv().unwrap().contains("block 3"));
     }
 
     #[tokio::test]

@@ -31,6 +31,11 @@ pub const HASH: &str = "x-clonecloudstore-hash";
 pub const METADATA: &str = "x-clonecloudstore-metadata";
 pub const STATUS: &str = "x-clonecloudstore-status";
 pub const EXPIRES: &str = "x-clonecloudstore-expires";
+/// Sent by a peer that verifies what it receives (value [`VERIFY_BY_RECEIVER`]); honoured on
+/// the peer routes only: the serving site then streams its bytes without hashing them (one
+/// SHA-256 per byte per hop), and the receiver reports a mismatch back.
+pub const VERIFY: &str = "x-mirrorgate-verify";
+pub const VERIFY_BY_RECEIVER: &str = "receiver";
 
 fn put(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {

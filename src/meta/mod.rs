@@ -1,6 +1,7 @@
 //! Metadata store. Handlers only call these methods; the SQL stays here, written in the common
 //! subset of SQLite and PostgreSQL so a PostgreSQL pool can be added behind the same methods.
 
+mod blocks;
 pub mod cache;
 pub mod dr;
 mod import;

@@ -2,6 +2,8 @@
 //! A site is started from a config text; its address is read from the `listening on` log line.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

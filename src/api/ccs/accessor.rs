@@ -10,7 +10,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 
-use crate::core::objects::{self, encode_for_client, Expected, Payload};
+use crate::core::objects::{self, encode_for_client, Expected, Payload, Verification};
 use crate::core::stream;
 use crate::core::wire::{self, object_headers, wants_json, wants_zstd, ByteRange};
 use crate::engines::topology::{Caller, Target};
@@ -349,18 +349,20 @@ async fn get_object(
         }
         Err(e) => return Err(e),
     };
-    serve_object(&state, obj, &op_id, &req_headers).await
+    serve_object(&state, obj, &op_id, &req_headers, Verification::Here).await
 }
 
 /// Answers a READY object of this site: its JSON metadata when asked for, else its verified
 /// bytes with every object header, both with the replication status. A `Range` asks for part
-/// of the bytes: 206 (not verified, see `objects::open_range`; never compressed, the range is
-/// of the stored bytes), or 416 when no byte satisfies it.
+/// of the bytes: 206 (verified by the blocks it touches, see `objects::open_range`; never
+/// compressed, the range is of the stored bytes), or 416 when no byte satisfies it. With
+/// `Verification::ByReceiver` (a verifying peer) the bytes go out as stored.
 pub(crate) async fn serve_object(
     state: &AppState,
     obj: Object,
     op_id: &str,
     req_headers: &HeaderMap,
+    verification: Verification,
 ) -> Result<Response> {
     let replication =
         crate::engines::replication::object_status(&state.replication, &obj.bucket, &obj.name)
@@ -378,11 +380,16 @@ pub(crate) async fn serve_object(
     let range = wire::byte_range(req_headers, obj.size);
     let mut resp = match range {
         ByteRange::Whole => {
-            let payload = objects::read_verified(state, &obj, op_id).await?;
+            let payload = objects::read_for(state, &obj, op_id, verification).await?;
             object_response(&obj, payload, wants_zstd(req_headers))
         }
         ByteRange::Part { start, len } => {
-            let body = objects::open_range(state, &obj, start, len).await?;
+            let body = match verification {
+                Verification::Here => objects::open_range(state, &obj, start, len, op_id).await?,
+                Verification::ByReceiver => {
+                    objects::open_range_unverified(state, &obj, start, len).await?
+                }
+            };
             partial_response(&obj, body, range)
         }
         ByteRange::Unsatisfiable => {

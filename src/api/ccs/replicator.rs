@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use futures::TryStreamExt;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -16,9 +16,9 @@ use serde::Deserialize;
 use super::accessor::{
     self, object_type, readable_bucket, readable_object, serve_object, type_header,
 };
-use crate::core::objects;
+use crate::core::objects::{self, Verification};
 use crate::core::stream::Verify;
-use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE};
+use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE, VERIFY, VERIFY_BY_RECEIVER};
 use crate::engines::topology::{Caller, Located, Target};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::http::common::{no_content, ClientId, OpId, CLIENT_ID, OP_ID, TARGET_ID};
@@ -36,6 +36,11 @@ pub fn remote_routes() -> Router<AppState> {
         .route(
             "/replicator/remote/buckets/{bucket}/{*object}",
             get(remote_get_object).head(remote_head_object),
+        )
+        .route("/replicator/remote/reports", post(corrupt_report))
+        .route(
+            "/replicator/remote/blocks/{bucket}/{*object}",
+            get(remote_blocks),
         )
 }
 
@@ -116,7 +121,72 @@ async fn remote_get_object(
     req_headers: HeaderMap,
 ) -> Result<Response> {
     let obj = readable_object(&state, &client, &bucket, &name).await?;
-    serve_object(&state, obj, &op_id, &req_headers).await
+    let verification = verification_asked(&req_headers);
+    serve_object(&state, obj, &op_id, &req_headers, verification).await
+}
+
+/// `GET /replicator/remote/blocks/{bucket}/{*object}` (trust class: peer): the block hashes
+/// of this site's copy with the object's headers, for a pull by ranges; 404 when none were
+/// recorded (the peer then pulls the object as one stream).
+async fn remote_blocks(
+    State(state): State<AppState>,
+    ClientId(client): ClientId,
+    Path((bucket, name)): Path<(String, String)>,
+) -> Result<Response> {
+    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    let hash = obj.hash.clone().unwrap_or_default();
+    let Some(blocks) = state.meta.blocks_of(&bucket, &name, &hash).await? else {
+        return Err(Error::not_found(format!(
+            "no block hashes recorded for {bucket}/{name}"
+        )));
+    };
+    let list = crate::engines::replication::ranged::BlockList {
+        block_size: blocks.block_size,
+        digests: blocks.to_hex(),
+    };
+    Ok((crate::core::wire::object_headers(&obj), axum::Json(list)).into_response())
+}
+
+/// A verifying peer asks for the bytes as stored (`wire::VERIFY`). Honoured here only: these
+/// routes are authenticated as peer, a client's reads are always verified by this site.
+fn verification_asked(h: &HeaderMap) -> Verification {
+    match h.get(VERIFY).and_then(|v| v.to_str().ok()) {
+        Some(VERIFY_BY_RECEIVER) => Verification::ByReceiver,
+        _ => Verification::Here,
+    }
+}
+
+/// What a peer reports about a copy of this site it could not verify.
+#[derive(Deserialize)]
+struct CorruptReport {
+    bucket: String,
+    name: String,
+    hash: String,
+    reason: String,
+}
+
+/// `POST /replicator/remote/reports` (trust class: peer): a peer that pulled one of this
+/// site's copies unhashed found that the bytes do not match; this site re-reads its copy now
+/// and declares it BAD if it fails (see `healing::reported_by_peer`). 202, or 404 when this
+/// site does not hold that version.
+async fn corrupt_report(
+    State(state): State<AppState>,
+    axum::Json(r): axum::Json<CorruptReport>,
+) -> Result<StatusCode> {
+    let reason: String = r.reason.chars().take(500).collect();
+    let held = crate::engines::catalogue::healing::reported_by_peer(
+        &state.catalogue,
+        &r.bucket,
+        &r.name,
+        &r.hash,
+        &reason,
+    )
+    .await?;
+    Ok(if held {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::NOT_FOUND
+    })
 }
 
 async fn remote_head_object(
@@ -358,6 +428,10 @@ async fn fetch_from(
     if zstd {
         request = request.header(header::ACCEPT_ENCODING, "zstd");
     }
+    if !json && range.is_none() {
+        // The whole object is verified here (relay_body): the holder need not hash it too.
+        request = request.header(VERIFY, VERIFY_BY_RECEIVER);
+    }
     if let Some(range) = range {
         request = request.header(header::RANGE, range.clone());
         if let Some(if_range) = req_headers.get(header::IF_RANGE) {
@@ -397,7 +471,7 @@ async fn fetch_from(
     let body = if partial {
         into_stream(resp, site.id.clone())
     } else {
-        relay_body(&site.id, resp, caller.op_id, zstd, json)?
+        relay_body(state, target, &site.id, resp, caller.op_id, zstd, json)?
     };
     let stream: ByteStream = Box::pin(objects::Metered::new(body));
     let mut response = Response::new(Body::from_stream(stream));
@@ -409,8 +483,10 @@ async fn fetch_from(
 }
 
 /// The peer's body as a stream; object bytes are wrapped in verification of the size and
-/// hash the peer announced.
+/// hash the peer announced (a mismatch is reported to the peer, which streamed them unhashed).
 fn relay_body(
+    state: &AppState,
+    target: &Target,
     site: &str,
     resp: reqwest::Response,
     op_id: &str,
@@ -436,9 +512,19 @@ fn relay_body(
         ));
     };
     let (op_id, peer) = (op_id.to_owned(), site.to_owned());
+    let (replication, bucket) = (state.replication.clone(), target.bucket.clone());
+    let (name, version) = (target.object.clone().unwrap_or_default(), hash.clone());
     let on_mismatch = Box::new(move |what: &str| {
         metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "peer").increment(1);
         tracing::error!(op_id = %op_id, peer = %peer, "integrity failure on read-through, transfer aborted: {what}");
+        crate::engines::replication::applier::report_corrupt(
+            &replication,
+            &peer,
+            &bucket,
+            &name,
+            &version,
+            what,
+        );
     });
     Ok(if zstd {
         Box::pin(Verify::compressed(raw, &hash, size, on_mismatch)?)

@@ -122,6 +122,32 @@ pub async fn suspect(
     Ok(true)
 }
 
+/// A peer that pulled this site's copy of version `hash` (streamed unhashed, the peer
+/// verifying) found that it does not match: the suspicion is recorded and the copy re-read
+/// now, not waiting for the threshold (the peer saw a mismatch); a copy that fails is declared
+/// BAD, which queues its repair. False when this site does not hold that version.
+pub async fn reported_by_peer(
+    state: &Catalogue,
+    bucket: &str,
+    name: &str,
+    hash: &str,
+    reason: &str,
+) -> Result<bool> {
+    let held = state.meta.get_object(bucket, name).await?;
+    if !matches!(&held, Some(o) if o.status == Status::Ready && o.hash.as_deref() == Some(hash)) {
+        return Ok(false);
+    }
+    metrics::counter!("mirrorgate_corruption_reports_received_total").increment(1);
+    let reason = format!("a peer could not verify it: {reason}");
+    state
+        .meta
+        .declare_suspicious(bucket, name, &state.site_id, Some(&reason))
+        .await?;
+    let (state, bucket, name) = (state.clone(), bucket.to_owned(), name.to_owned());
+    tokio::spawn(async move { reverify(&state, &bucket, &name).await });
+    Ok(true)
+}
+
 async fn reverify(state: &Catalogue, bucket: &str, name: &str) {
     let obj = match state.meta.get_object(bucket, name).await {
         Ok(Some(o)) if o.status == Status::Ready => o,
@@ -139,6 +165,8 @@ async fn reverify(state: &Catalogue, bucket: &str, name: &str) {
             }
         }
         Ok(Verdict::Bad(why)) => {
+            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "reverify")
+                .increment(1);
             declare_detected(state, bucket, name, Detected::Suspicious, &why).await
         }
         Err(e) => tracing::warn!(bucket, object = name, "re-reading a suspicious copy: {e}"),
@@ -338,9 +366,23 @@ async fn restore_from(
     )
     .await
     .map_err(|f| f.message().to_owned())?;
-    let adler32 = objects::restore(&state.site, obj, body)
-        .await
-        .map_err(|e| e.message)?;
+    let adler32 = match objects::restore(&state.site, obj, body).await {
+        Ok(adler32) => adler32,
+        Err(e) => {
+            if e.message.contains("mismatch") {
+                let hash = obj.hash.as_deref().unwrap_or_default();
+                crate::engines::replication::applier::report_corrupt(
+                    &state.replication,
+                    site,
+                    &obj.bucket,
+                    &obj.name,
+                    hash,
+                    &e.message,
+                );
+            }
+            return Err(e.message);
+        }
+    };
     drop_if_deleted_meanwhile(state, obj).await;
     Ok(adler32)
 }

@@ -10,10 +10,11 @@ use futures::TryStreamExt;
 use http::HeaderMap;
 
 use super::backoff_ms;
+use super::ranged;
 use super::Replication;
 use crate::core::objects::{self, Expected};
 use crate::core::wire::{parse_metadata, CREATION, EXPIRES, HASH, ID, METADATA, SITE, SIZE};
-use crate::core::wire::{CLIENT_ID, OP_ID};
+use crate::core::wire::{CLIENT_ID, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
 use crate::engines::topology::{Caller, Target};
 use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, InboxRow};
@@ -155,6 +156,13 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
         }
         (Some(name), _) => {
             let outcome = replicate_object(state, row, name).await;
+            if !matches!(outcome, Err(Failure::Transient(_))) {
+                // The order ended: nothing staged for its version is needed any more.
+                let hash = o.hash.as_deref().unwrap_or_default();
+                ranged::Staging::of(state, &o.bucket_name, name, hash)
+                    .discard()
+                    .await;
+            }
             // A pull that stored no copy (failed, superseded) leaves no COPYING row behind.
             crate::core::replicas::copy_ended(&state.site, &o.bucket_name, name).await;
             outcome
@@ -303,16 +311,26 @@ async fn pull_from(
     current: Option<&Object>,
 ) -> std::result::Result<(), Failure> {
     let bucket = &o.bucket_name;
-    let (headers, body) = open_remote(
-        state,
-        site,
-        bucket,
-        name,
-        &o.client_id,
-        &o.op_id,
-        o.hash.as_deref(),
-    )
-    .await?;
+    // A large object comes by verified ranges into a resumable staging file.
+    let (headers, body, staging) = match ranged::pull(state, o, name, site).await? {
+        Some((headers, staging)) => {
+            let body = staging.stream().await?;
+            (headers, body, Some(staging))
+        }
+        None => {
+            let (headers, body) = open_remote(
+                state,
+                site,
+                bucket,
+                name,
+                &o.client_id,
+                &o.op_id,
+                o.hash.as_deref(),
+            )
+            .await?;
+            (headers, body, None)
+        }
+    };
     let obj = replica_object(o, name, &headers);
     let expected = Expected {
         size: o.size,
@@ -325,6 +343,14 @@ async fn pull_from(
         Some(current) => objects::replace(&state.site, current, obj, body, expected, &origin).await,
         None => objects::store(&state.site, obj, body, expected, &origin).await,
     };
+    // Stored, or the staged bytes did not verify as a whole: either way they are done.
+    let staged_done = stored.is_ok()
+        || stored
+            .as_ref()
+            .is_err_and(|e| e.message.contains("mismatch"));
+    if let (Some(staging), true) = (&staging, staged_done) {
+        staging.discard().await;
+    }
     match stored {
         Ok(_) => {
             crate::core::replicas::pulled_from(&state.site, bucket, name, site).await;
@@ -335,6 +361,14 @@ async fn pull_from(
         {
             metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
                 .increment(1);
+            report_corrupt(
+                state,
+                site,
+                bucket,
+                name,
+                o.hash.as_deref().unwrap_or_default(),
+                &e.message,
+            );
             Err(Failure::Transient(format!(
                 "integrity: bytes of {bucket}/{name} from {site} do not match the order: {}",
                 e.message
@@ -367,6 +401,8 @@ pub(crate) async fn open_remote(
         .header(CLIENT_ID, client_id)
         .header(OP_ID, op_id)
         .header(http::header::ACCEPT, "application/octet-stream")
+        // This end verifies: the source streams its bytes without hashing them again.
+        .header(VERIFY, VERIFY_BY_RECEIVER)
         .send()
         .await
         .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
@@ -418,6 +454,48 @@ pub(crate) async fn open_remote(
         )
     }));
     Ok((headers, body))
+}
+
+/// Tells `site` that the bytes of its copy of version `hash` of `bucket/name`, as received
+/// here, did not verify (it streamed them unhashed, see `wire::VERIFY`): it re-reads its copy
+/// and declares it BAD if it fails, which queues its repair. Best effort, in the background.
+pub fn report_corrupt(
+    state: &Replication,
+    site: &str,
+    bucket: &str,
+    name: &str,
+    hash: &str,
+    why: &str,
+) {
+    let (state, site) = (state.clone(), site.to_owned());
+    let report = serde_json::json!({
+        "bucket": bucket, "name": name, "hash": hash, "reason": why,
+    });
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let sent = async {
+            let peer = state.topology.peer(&site).await?;
+            let url = format!("{}/replicator/remote/reports", peer.uri.trim_end_matches('/'));
+            let resp = state
+                .topology
+                .client()
+                .post(&url)
+                .json(&report)
+                .send()
+                .await
+                .map_err(|e| Error::upstream(Kind::BadGateway, e.to_string()))?;
+            Ok::<_, Error>(resp.status())
+        };
+        match sent.await {
+            Ok(status) => {
+                metrics::counter!("mirrorgate_corruption_reports_sent_total").increment(1);
+                tracing::warn!(peer = %site, %status, "reported a corrupt copy to its holder: {report}");
+            }
+            Err(e) => tracing::warn!(peer = %site, "could not report a corrupt copy: {e}"),
+        }
+    });
 }
 
 /// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).

@@ -6,6 +6,7 @@
 //! them). Nothing is dropped silently.
 
 pub mod applier;
+pub mod ranged;
 pub mod sender;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,408 @@
+//! Large objects are pulled as several ranges at once (bounded concurrency), each block
+//! checked against the source's block hashes as it arrives and written at its offset in a
+//! staging file under `<data_dir>/staging`. The staging file and the list of its verified
+//! blocks (`.blocks`, appended after the file is synced) survive a cut connection, a peer
+//! restart and a receiver restart: the next attempt fetches only the blocks not verified yet.
+//! The complete staging file then goes through the ordinary store path (whole size and
+//! SHA-256 checked against the order) and is removed.
+//!
+//! A staging file belongs to one committed version (its name hashes bucket, name and the
+//! order's hash): a source only announces an object once it committed it, so nothing staged
+//! here is ever of an upload the source did not finish, and a staging file whose order ended
+//! (stored, superseded, failed for good) is removed.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use super::applier::{report_corrupt, Failure};
+use super::Replication;
+use crate::core::wire::{CLIENT_ID, HASH, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
+use crate::error::{Error, Result};
+use crate::model::blocks::{self, BlockHashes};
+use crate::model::order::Order;
+use crate::storage::ByteStream;
+
+/// Retries of a cut range within one attempt (each resumes after its last verified block).
+const RANGE_RETRIES: u32 = 8;
+
+/// Where one version's pull is staged.
+#[derive(Clone)]
+pub(crate) struct Staging {
+    file: PathBuf,
+    progress: PathBuf,
+}
+
+impl Staging {
+    pub(crate) fn of(state: &Replication, bucket: &str, name: &str, hash: &str) -> Self {
+        let key = Sha256::digest(format!("{bucket}\0{name}\0{hash}").as_bytes());
+        let stem: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = state.config.site.data_dir.join("staging");
+        Self {
+            file: dir.join(format!("{stem}.part")),
+            progress: dir.join(format!("{stem}.blocks")),
+        }
+    }
+
+    /// Opens (or starts) the staging of an object of `size` bytes in blocks of `block_size`,
+    /// with the blocks verified so far.
+    fn open(&self, size: u64, block_size: u64) -> Result<(std::fs::File, BTreeSet<u64>)> {
+        if let Some(parent) = self.file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let done = self.verified(block_size).unwrap_or_default();
+        if done.is_empty() {
+            let mut header = std::fs::File::create(&self.progress)?;
+            header.write_all(&block_size.to_le_bytes())?;
+            header.sync_all()?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.file)?;
+        file.set_len(size)?;
+        Ok((file, done))
+    }
+
+    /// The verified blocks on record, None when there is no usable record.
+    fn verified(&self, block_size: u64) -> Option<BTreeSet<u64>> {
+        let bytes = std::fs::read(&self.progress).ok()?;
+        let (head, rest) = bytes.split_at_checked(8)?;
+        if u64::from_le_bytes(head.try_into().ok()?) != block_size || !self.file.exists() {
+            return None;
+        }
+        // A torn last entry (crash while appending) is ignored.
+        Some(
+            rest.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64)
+                .collect(),
+        )
+    }
+
+    /// Records block `index` verified: the staging file is synced first, so a recorded block
+    /// is always on disk.
+    fn record(&self, file: &std::fs::File, index: u64) -> Result<()> {
+        file.sync_data()?;
+        let mut progress = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.progress)?;
+        progress.write_all(&(index as u32).to_le_bytes())?;
+        progress.sync_data()?;
+        Ok(())
+    }
+
+    /// The staged bytes, once complete.
+    pub(crate) async fn stream(&self) -> Result<ByteStream> {
+        let file = tokio::fs::File::open(&self.file).await?;
+        let s = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
+            .map(|r| r.map_err(Error::from));
+        Ok(Box::pin(s))
+    }
+
+    /// Removes the staging (the pull ended: stored, superseded, or failed for good).
+    pub(crate) async fn discard(&self) {
+        let _ = tokio::fs::remove_file(&self.file).await;
+        let _ = tokio::fs::remove_file(&self.progress).await;
+    }
+}
+
+/// What the workers of one pull share.
+struct Pull<'a> {
+    state: &'a Replication,
+    order: &'a Order,
+    site: &'a str,
+    url: String,
+    size: u64,
+    blocks: BlockHashes,
+    staging: &'a Staging,
+    file: Arc<std::fs::File>,
+    runs: Mutex<VecDeque<(u64, u64)>>,
+    retries: Mutex<u32>,
+    failed: Mutex<Option<Failure>>,
+}
+
+/// Pulls `name` from `site` by ranges into its staging file, when the object is large enough
+/// and the source has its block hashes. Returns the source's object headers (None: pull it
+/// as one stream instead).
+pub(crate) async fn pull(
+    state: &Replication,
+    order: &Order,
+    name: &str,
+    site: &str,
+) -> std::result::Result<Option<(HeaderMap, Staging)>, Failure> {
+    let cfg = &state.config.replication;
+    let (Some(size), Some(hash)) = (order.size, order.hash.as_deref()) else {
+        return Ok(None);
+    };
+    if size < cfg.ranged_pull_min_bytes.max(1) {
+        return Ok(None);
+    }
+    let base = format!(
+        "{}/replicator/remote",
+        state.topology.peer(site).await?.uri.trim_end_matches('/')
+    );
+    let object = format!("{}/{name}", order.bucket_name);
+    let Some((headers, blocks)) = source_blocks(state, order, &base, &object, site).await? else {
+        return Ok(None);
+    };
+    if headers.get(HASH).and_then(|v| v.to_str().ok()) != Some(hash) {
+        return Err(Failure::Permanent(format!(
+            "site {site} holds another version of {object}"
+        )));
+    }
+    let staging = Staging::of(state, &order.bucket_name, name, hash);
+    let (file, done) = {
+        let (opening, block_size) = (staging.clone(), blocks.block_size);
+        tokio::task::spawn_blocking(move || opening.open(size, block_size))
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))??
+    };
+    let count = blocks.digests.len() as u64;
+    let missing: Vec<u64> = (0..count).filter(|i| !done.contains(i)).collect();
+    if !done.is_empty() {
+        tracing::info!(object = %object, verified = done.len(), blocks = count, "resuming a pull from its verified blocks");
+    }
+    let pull = Pull {
+        state,
+        order,
+        site,
+        url: format!("{base}/buckets/{object}"),
+        size,
+        runs: Mutex::new(split_runs(&missing, cfg.pull_streams.max(1))),
+        blocks,
+        staging: &staging,
+        file: Arc::new(file),
+        retries: Mutex::new(0),
+        failed: Mutex::new(None),
+    };
+    let workers = (0..cfg.pull_streams.max(1)).map(|_| pull.work());
+    futures::future::join_all(workers).await;
+    if let Some(failure) = pull.failed.lock().unwrap().take() {
+        return Err(failure);
+    }
+    Ok(Some((headers, staging)))
+}
+
+/// The source's object headers and block hashes (None: it has none for this version).
+async fn source_blocks(
+    state: &Replication,
+    order: &Order,
+    base: &str,
+    object: &str,
+    site: &str,
+) -> std::result::Result<Option<(HeaderMap, BlockHashes)>, Failure> {
+    let resp = state
+        .topology
+        .client()
+        .get(format!("{base}/blocks/{object}"))
+        .header(CLIENT_ID, &order.client_id)
+        .header(OP_ID, &order.op_id)
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 | 410 => return Ok(None),
+        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
+    }
+    let headers = resp.headers().clone();
+    let list: BlockList = resp
+        .json()
+        .await
+        .map_err(|e| Failure::Transient(format!("block list from {site}: {e}")))?;
+    Ok(BlockHashes::from_hex(list.block_size, &list.digests).map(|b| (headers, b)))
+}
+
+/// `GET /replicator/remote/blocks/...` answers this, with the object's headers.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockList {
+    pub block_size: u64,
+    /// Hex, 64 characters a block.
+    pub digests: String,
+}
+
+/// The missing blocks as runs of consecutive blocks, about as many as there are streams.
+fn split_runs(missing: &[u64], streams: usize) -> VecDeque<(u64, u64)> {
+    let per_run = missing.len().div_ceil(streams).max(1);
+    let mut runs = VecDeque::new();
+    let mut current: Option<(u64, u64)> = None;
+    for &i in missing {
+        current = match current {
+            Some((first, last)) if last + 1 == i && (i - first) < per_run as u64 => {
+                Some((first, i))
+            }
+            Some(run) => {
+                runs.push_back(run);
+                Some((i, i))
+            }
+            None => Some((i, i)),
+        };
+    }
+    runs.extend(current);
+    runs
+}
+
+impl Pull<'_> {
+    /// One stream: takes runs until none is left; a cut run goes back to the queue from its
+    /// first unverified block.
+    async fn work(&self) {
+        loop {
+            if self.failed.lock().unwrap().is_some() {
+                return;
+            }
+            let Some(run) = self.runs.lock().unwrap().pop_front() else {
+                return;
+            };
+            let Err((next, failure)) = self.fetch_run(run).await else {
+                continue;
+            };
+            let retry = matches!(failure, Failure::Transient(ref why) if !why.contains("integrity"))
+                && {
+                    let mut retries = self.retries.lock().unwrap();
+                    *retries += 1;
+                    *retries <= RANGE_RETRIES
+                };
+            if retry {
+                tracing::info!(site = %self.site, "range cut, resuming from block {next}: {}", failure.message());
+                self.runs.lock().unwrap().push_back((next, run.1));
+            } else {
+                self.failed.lock().unwrap().get_or_insert(failure);
+                return;
+            }
+        }
+    }
+
+    /// Fetches blocks `[first, last]`; on failure, the first block not verified yet.
+    async fn fetch_run(
+        &self,
+        (first, last): (u64, u64),
+    ) -> std::result::Result<(), (u64, Failure)> {
+        let (from, _) = self.blocks.span(first, self.size);
+        let (_, to) = self.blocks.span(last, self.size);
+        let resp = self
+            .state
+            .topology
+            .client()
+            .get(&self.url)
+            .header(CLIENT_ID, &self.order.client_id)
+            .header(OP_ID, &self.order.op_id)
+            .header(http::header::ACCEPT, "application/octet-stream")
+            .header(http::header::RANGE, format!("bytes={from}-{}", to - 1))
+            .header(VERIFY, VERIFY_BY_RECEIVER)
+            .send()
+            .await
+            .map_err(|e| {
+                (
+                    first,
+                    Failure::Transient(format!("site {} unreachable: {e}", self.site)),
+                )
+            })?;
+        if resp.status() != http::StatusCode::PARTIAL_CONTENT
+            || resp.headers().get(HASH).and_then(|v| v.to_str().ok()) != self.order.hash.as_deref()
+        {
+            let why = format!("site {} answered {} to a range", self.site, resp.status());
+            return Err((first, Failure::Transient(why)));
+        }
+        let mut body = resp.bytes_stream();
+        let mut index = first;
+        let mut block = BytesMut::new();
+        let mut block_len = self.block_len(index);
+        while index <= last {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                other => {
+                    self.thrown_away(block.len());
+                    let why = match other {
+                        Some(Err(e)) => format!("stream from site {} broke: {e}", self.site),
+                        _ => format!("stream from site {} ended early", self.site),
+                    };
+                    return Err((index, Failure::Transient(why)));
+                }
+            };
+            let mut chunk = &chunk[..];
+            while !chunk.is_empty() && index <= last {
+                let take = ((block_len as usize) - block.len()).min(chunk.len());
+                block.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                if block.len() as u64 == block_len {
+                    self.keep_block(index, block.split().freeze())
+                        .await
+                        .map_err(|f| (index, f))?;
+                    index += 1;
+                    block_len = self.block_len(index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn block_len(&self, index: u64) -> u64 {
+        let (from, to) = self.blocks.span(index, self.size);
+        to.saturating_sub(from)
+    }
+
+    /// Bytes of an unfinished block, received for nothing: they travel again on resume.
+    fn thrown_away(&self, bytes: usize) {
+        metrics::counter!("mirrorgate_pull_resumed_bytes_total").increment(bytes as u64);
+    }
+
+    /// Checks a received block against the source's hash and stages it: hashed, written at
+    /// its offset and recorded in one blocking call; a block that does not match is dropped.
+    async fn keep_block(&self, index: u64, block: Bytes) -> std::result::Result<(), Failure> {
+        let expected = self.blocks.digests.get(index as usize).copied();
+        let (file, staging) = (self.file.clone(), self.staging.clone());
+        let offset = self.blocks.span(index, self.size).0;
+        let len = block.len() as u64;
+        let matched = tokio::task::spawn_blocking(move || -> Result<bool> {
+            if Some(blocks::digest(&block)) != expected {
+                return Ok(false);
+            }
+            file.write_all_at(&block, offset)?;
+            staging.record(&file, index)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??;
+        if !matched {
+            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
+                .increment(1);
+            let why = format!(
+                "hash mismatch: block {index} from {} does not match",
+                self.site
+            );
+            let o = self.order;
+            let name = o.object_name.as_deref().unwrap_or_default();
+            let hash = o.hash.as_deref().unwrap_or_default();
+            report_corrupt(self.state, self.site, &o.bucket_name, name, hash, &why);
+            return Err(Failure::Transient(format!("integrity: {why}")));
+        }
+        metrics::counter!("mirrorgate_pull_block_bytes_total").increment(len);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_blocks_split_into_runs_per_stream() {
+        let all: Vec<u64> = (0..10).collect();
+        let runs: Vec<_> = split_runs(&all, 4).into_iter().collect();
+        assert_eq!(runs, vec![(0, 2), (3, 5), (6, 8), (9, 9)]);
+        let holes = [0, 1, 5, 6, 7, 9];
+        let runs: Vec<_> = split_runs(&holes, 1).into_iter().collect();
+        assert_eq!(runs, vec![(0, 1), (5, 7), (9, 9)]);
+        assert!(split_runs(&[], 4).is_empty());
+    }
+}
