@@ -25,6 +25,7 @@
 # Environment (all optional):
 #   DURATION=10s  LARGE_CONC=8  SMALL_CONC=32  BIG_CONC=256  ROUNDS=3  WARMUP=3s  LARGE_MIB=64
 #   SINGLE_MIB=1024 (0 skips the single-site scenario)  MEM_STREAMS=64 (0 skips the memory one)
+#   SKIP_SMALL=1 skips the 1 KiB scenarios (for a quick look at the large path)
 #   NGINX_WORKERS=$(nproc)  PROXY_BUFFER=64k  MIRRORGATE_BIN=target/release/mirrorgate
 #   KEEP=1 keeps the work directory (configs, logs, raw oha JSON).
 set -euo pipefail
@@ -37,6 +38,7 @@ SMALL_CONC="${SMALL_CONC:-32}"
 BIG_CONC="${BIG_CONC:-256}"
 SINGLE_MIB="${SINGLE_MIB:-1024}"
 MEM_STREAMS="${MEM_STREAMS:-64}"
+RUN_SMALL=$([ "${SKIP_SMALL:-0}" = 1 ] && echo 0 || echo 1)
 ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3s}"
 LARGE_MIB="${LARGE_MIB:-64}"
@@ -227,7 +229,9 @@ scenario() { # label side conc method round [duration]
 
 log "warm-up ($WARMUP per scenario)"
 for side in mg nginx; do scenario large "$side" "$LARGE_CONC" GET warm "$WARMUP"; done
-for side in remote accessor nginx; do scenario small "$side" "$SMALL_CONC" GET warm "$WARMUP"; done
+if [ "$RUN_SMALL" = 1 ]; then
+    for side in remote accessor nginx; do scenario small "$side" "$SMALL_CONC" GET warm "$WARMUP"; done
+fi
 for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then
         large_order="mg nginx"; small_order="remote accessor nginx"
@@ -235,6 +239,7 @@ for r in $(seq "$ROUNDS"); do
         large_order="nginx mg"; small_order="nginx accessor remote"
     fi
     for side in $large_order; do scenario large "$side" "$LARGE_CONC" GET "$r"; done
+    [ "$RUN_SMALL" = 1 ] || continue
     for conc in "$SMALL_CONC" "$BIG_CONC"; do
         for method in GET HEAD; do
             for side in $small_order; do scenario small "$side" "$conc" "$method" "$r"; done
@@ -330,10 +335,11 @@ fi
 
 # ---- report --------------------------------------------------------------------------------
 python3 - "$WORK" "$ROUNDS" "$LARGE_MIB" "$DURATION" "$LARGE_CONC" "$SMALL_CONC" "$BIG_CONC" \
-    "$PROXY_BUFFER" "$SINGLE_MIB" "$MEM_STREAMS" "$PID_A" "$PID_B" "$LOAD_AVG_LOAD" <<'PY'
+    "$PROXY_BUFFER" "$SINGLE_MIB" "$MEM_STREAMS" "$PID_A" "$PID_B" "$LOAD_AVG_LOAD" "$RUN_SMALL" \
+    <<'PY'
 import json, statistics, sys, os, datetime
 (work, rounds, mib, dur, lc, sc, bc, pbuf, single_mib, streams, pid_a, pid_b,
- loadavg) = sys.argv[1:]
+ loadavg, run_small) = sys.argv[1:]
 rounds = int(rounds)
 
 def load(name):
@@ -386,7 +392,7 @@ print()
 print("| scenario | mirrorgate | nginx | mirrorgate / nginx | target (>= 1.0x; latency <= 1.0x) |")
 print("|---|---|---|---|---|")
 row(f"GET {mib} MiB, 2 hops, -c {lc}: throughput", f"large-GET-{lc}", "mg", "mibs", "MiB/s", True)
-for conc in (sc, bc):
+for conc in (sc, bc) if run_small == "1" else ():
     for route in ("remote", "accessor"):
         for method in ("GET", "HEAD"):
             prefix = f"small-{method}-{conc}"
