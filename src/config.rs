@@ -239,6 +239,13 @@ pub struct MetadataConfig {
     /// process (`mirrorgate import` while the site serves) can go unseen. 0: no expiry.
     #[serde(default = "default_cache_ttl_ms")]
     pub cache_ttl_ms: u64,
+    /// Most bytes of hot small object bodies kept in memory (verified when read from storage,
+    /// dropped with their object's cached row). 0 keeps none.
+    #[serde(default = "default_body_cache_bytes")]
+    pub body_cache_bytes: usize,
+    /// Largest object whose body is kept (bytes).
+    #[serde(default = "default_body_cache_max_object")]
+    pub body_cache_max_object: usize,
 }
 
 impl Default for MetadataConfig {
@@ -247,6 +254,8 @@ impl Default for MetadataConfig {
             url: String::new(),
             cache_max_entries: default_cache_max_entries(),
             cache_ttl_ms: default_cache_ttl_ms(),
+            body_cache_bytes: default_body_cache_bytes(),
+            body_cache_max_object: default_body_cache_max_object(),
         }
     }
 }
@@ -257,6 +266,14 @@ fn default_cache_max_entries() -> usize {
 
 fn default_cache_ttl_ms() -> u64 {
     10_000
+}
+
+fn default_body_cache_bytes() -> usize {
+    16 << 20
+}
+
+fn default_body_cache_max_object() -> usize {
+    64 << 10
 }
 
 #[derive(Debug, Clone, Deserialize)]

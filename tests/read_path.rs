@@ -1,6 +1,6 @@
 //! The read path: the metadata cache never answers stale after any kind of write (local,
 //! replicated, deleted, bucket deleted, rights changed, negative answers), small objects are
-//! verified before they are sent, HEAD answers from metadata only, byte ranges, and a dead
+//! verified before they are sent (or served from memory as verified when read), HEAD answers from metadata only, byte ranges, and a dead
 //! peer's cached locations stop answering for it.
 
 mod common;
@@ -230,7 +230,9 @@ async fn replicated_writes_and_deletes_are_seen_at_once() {
 
 #[tokio::test]
 async fn a_corrupt_small_object_is_never_served_complete() {
-    let site = Site::start("site-a", "");
+    // Without the hot-body cache, which would keep serving the bytes verified at the first
+    // read (see the next test).
+    let site = Site::start("site-a", "[metadata]\nbody_cache_bytes = 0\n");
     create_bucket(&site, "bkt").await;
     let body = data(1000, 4);
     put_object(&site, "bkt", "small", body.clone()).await;
@@ -261,6 +263,50 @@ async fn a_corrupt_small_object_is_never_served_complete() {
         status != 200 || got != longer,
         "longer file served: {status}"
     );
+    assert_ne!(status, 200);
+}
+
+#[tokio::test]
+async fn a_hot_small_body_is_served_from_memory_as_verified() {
+    let site = Site::start("site-a", "");
+    let c = client();
+    create_bucket(&site, "bkt").await;
+    let v1 = data(1000, 11);
+    put_object(&site, "bkt", "hot", v1.clone()).await;
+    let url = ccs(&site, "/bkt/hot");
+    let remote_url = site.url("/replicator/remote/buckets/bkt/hot");
+    assert_eq!(get(&c, &url).await, (200, v1.clone()));
+
+    // The file now holds other bytes; memory still holds the verified ones, and serves them
+    // on both routes without reading the file.
+    let file = object_file(&site, "bkt", "hot");
+    let mut other = v1.clone();
+    other[10] ^= 0xff;
+    std::fs::write(&file, &other).unwrap();
+    assert_eq!(get(&c, &url).await, (200, v1.clone()), "accessor route");
+    assert_eq!(
+        get(&c, &remote_url).await,
+        (200, v1.clone()),
+        "remote route"
+    );
+
+    // Deleted, then written again with other bytes of the same size: the new bytes at once.
+    assert_eq!(delete(&c, &url).await, 204);
+    let v2 = data(1000, 12);
+    assert_eq!(upload(&site, "bkt", "hot", v2.clone()).await, 201);
+    assert_eq!(get(&c, &url).await, (200, v2.clone()));
+    assert_eq!(get(&c, &remote_url).await, (200, v2));
+
+    // An object above body_cache_max_object is read (and verified) from storage every time.
+    let big = data(100_000, 13);
+    put_object(&site, "bkt", "big", big.clone()).await;
+    let big_url = ccs(&site, "/bkt/big");
+    assert_eq!(get(&c, &big_url).await, (200, big.clone()));
+    let mut damaged = big.clone();
+    damaged[50_000] ^= 0xff;
+    std::fs::write(object_file(&site, "bkt", "big"), &damaged).unwrap();
+    let (status, got) = get(&c, &big_url).await;
+    assert!(status != 200 || got != damaged, "damaged large body served");
     assert_ne!(status, 200);
 }
 

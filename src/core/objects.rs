@@ -398,7 +398,8 @@ pub async fn open_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Byt
 }
 
 /// Reads a stored READY object for a complete answer. One of at most [`SMALL_OBJECT`] bytes is
-/// read and hashed in one step (one blocking call on fs storage) and checked before anything
+/// served from the hot-body cache (bytes verified when they were read, for this very hash and
+/// size), or read and hashed in one step (one blocking call on fs storage) and checked before anything
 /// is sent: a mismatch is an error, handled as [`open_verified`] handles one (counted,
 /// logged, the copy declared corrupt). A larger object streams through [`open_verified`].
 pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Payload> {
@@ -407,6 +408,12 @@ pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Pay
     }
     let started = Instant::now();
     let hash = recorded_hash(obj)?;
+    let cache = site.meta.cache();
+    if let Some(bytes) = cache.body(&obj.bucket, &obj.name, &hash, obj.size) {
+        metrics::counter!("mirrorgate_bytes_out_total").increment(bytes.len() as u64);
+        return Ok(Payload::Whole(bytes));
+    }
+    let ticket = cache.ticket(&obj.bucket);
     let whole = site
         .storage
         .read_whole(&obj.bucket, &obj.name, obj.size)
@@ -433,6 +440,7 @@ pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Pay
     metrics::counter!("mirrorgate_bytes_out_total").increment(read);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out")
         .record(started.elapsed().as_secs_f64());
+    cache.put_body(ticket, &obj.bucket, &obj.name, &hash, whole.bytes.clone());
     Ok(Payload::Whole(whole.bytes))
 }
 

@@ -162,6 +162,12 @@ impl Stream for Verify {
                         );
                         return Poll::Ready(Some(Err(self.fail(what))));
                     }
+                    // Only a chunk that completes the expected size can end a good stream:
+                    // that one is held until the end proves size and hash; earlier ones pass
+                    // at once (a stream ending before them fails on its size).
+                    if self.seen < self.expected_size && self.held.is_none() {
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
                     if let Some(previous) = self.held.replace(chunk) {
                         return Poll::Ready(Some(Ok(previous)));
                     }

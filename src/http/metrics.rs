@@ -18,11 +18,29 @@ pub fn handle() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may exist when the library is embedded; metrics then go there.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                spawn_upkeep(handle.clone());
+            }
             describe();
             handle
         })
         .clone()
+}
+
+/// Histogram samples pile up in the recorder until they are folded into the buckets, which
+/// only a render or an upkeep does: without this thread a site under load that nobody scrapes
+/// grows by 16 bytes per request (two histograms; measured: B's peak RSS 218 MiB after the
+/// read-path benchmark's rounds, 96 vs 68 MiB in a shorter same-run A/B).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no metrics upkeep thread: {e}");
+    }
 }
 
 fn describe() {

@@ -27,13 +27,24 @@
 //!
 //! Memory: at most `max_entries` entries; when full, about a quarter of them (arbitrary ones)
 //! are dropped at once.
+//!
+//! # Hot small bodies
+//!
+//! Next to the rows, the bytes of small objects read recently (at most `max_body_bytes` in all,
+//! each at most `max_body_len`), so that a hot small GET touches neither a file nor the
+//! blocking pool nor SHA-256. A body is stored only after it was read from storage and
+//! verified against its recorded size and hash, under the same tickets and invalidations as
+//! the rows ([`Change::Object`] drops it, [`Change::Bucket`] and [`Change::All`] drop the
+//! bucket's or all). It is looked up by object AND expected hash and size, so even a body that
+//! outlived its row could only ever be served for identical bytes.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use metrics::{Counter, Gauge};
 
@@ -166,6 +177,10 @@ pub struct CacheOptions {
     pub max_entries: usize,
     /// How long an entry is trusted; `None`: until invalidated or evicted.
     pub ttl: Option<Duration>,
+    /// Most bytes of hot small bodies held in all; 0 keeps no bodies.
+    pub max_body_bytes: usize,
+    /// Largest body kept.
+    pub max_body_len: usize,
 }
 
 impl Default for CacheOptions {
@@ -173,12 +188,24 @@ impl Default for CacheOptions {
         Self {
             max_entries: 100_000,
             ttl: Some(Duration::from_secs(10)),
+            max_body_bytes: 16 << 20,
+            max_body_len: 64 << 10,
         }
     }
 }
 
+/// A verified body: its SHA-256 (CCS text form) and bytes.
+struct Body {
+    sha256: String,
+    bytes: Bytes,
+    at: Instant,
+}
+
 pub struct MetaCache {
     map: DashMap<Key, Entry>,
+    /// Hot small bodies by (bucket, object name); `body_bytes` is their total length.
+    bodies: DashMap<(String, String), Body>,
+    body_bytes: AtomicUsize,
     epochs: Box<[AtomicU64]>,
     options: CacheOptions,
     hits: Counter,
@@ -190,6 +217,8 @@ impl MetaCache {
     pub fn new(options: CacheOptions) -> Self {
         Self {
             map: DashMap::new(),
+            bodies: DashMap::new(),
+            body_bytes: AtomicUsize::new(0),
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             options,
             hits: metrics::counter!("mirrorgate_meta_cache_hits_total"),
@@ -223,6 +252,7 @@ impl MetaCache {
                 }
             }
         }
+        self.forget_bodies(change);
         if self.map.is_empty() {
             return;
         }
@@ -384,6 +414,101 @@ impl MetaCache {
         self.entries.set(self.map.len() as f64);
     }
 
+    /// The verified bytes of `bucket/name` if they are held and have this hash and size.
+    pub fn body(&self, bucket: &str, name: &str, sha256: &str, size: u64) -> Option<Bytes> {
+        if self.options.max_body_bytes == 0 {
+            return None;
+        }
+        let found = self.bodies.get(&(bucket.to_owned(), name.to_owned()))?;
+        let fresh = self.options.ttl.is_none_or(|ttl| found.at.elapsed() < ttl);
+        (fresh && found.sha256 == sha256 && found.bytes.len() as u64 == size)
+            .then(|| found.bytes.clone())
+    }
+
+    /// Keeps a body read after `t` was taken and verified against `sha256`, unless it is too
+    /// large or an invalidation of its bucket's slot came in between (see the module's doc).
+    pub fn put_body(&self, t: Ticket, bucket: &str, name: &str, sha256: &str, bytes: Bytes) {
+        let len = bytes.len();
+        if len > self.options.max_body_len
+            || len > self.options.max_body_bytes
+            || self.epochs[t.slot].load(Ordering::SeqCst) != t.epoch
+        {
+            return;
+        }
+        // Halving until the body fits (bounded: concurrent puts may refill meanwhile).
+        for _ in 0..8 {
+            if self.body_bytes.load(Ordering::Relaxed) + len <= self.options.max_body_bytes {
+                break;
+            }
+            self.evict_bodies();
+        }
+        let body = Body {
+            sha256: sha256.to_owned(),
+            bytes,
+            at: Instant::now(),
+        };
+        let key = (bucket.to_owned(), name.to_owned());
+        match self.bodies.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(mut o) => {
+                if self.epochs[t.slot].load(Ordering::SeqCst) == t.epoch {
+                    let old = o.insert(body);
+                    self.body_bytes.fetch_add(len, Ordering::Relaxed);
+                    self.body_bytes
+                        .fetch_sub(old.bytes.len(), Ordering::Relaxed);
+                }
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                if self.epochs[t.slot].load(Ordering::SeqCst) == t.epoch {
+                    v.insert(body);
+                    self.body_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Bytes of bodies held.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes.load(Ordering::Relaxed)
+    }
+
+    fn forget_bodies(&self, change: &Change) {
+        if self.bodies.is_empty() {
+            return;
+        }
+        match change {
+            Change::Object { bucket, name } => {
+                if let Some((_, old)) = self.bodies.remove(&(bucket.clone(), name.clone())) {
+                    self.body_bytes
+                        .fetch_sub(old.bytes.len(), Ordering::Relaxed);
+                }
+            }
+            Change::Bucket { bucket } => self.retain_bodies(|(b, _)| b != bucket),
+            Change::All => self.retain_bodies(|_| false),
+            // Rights do not change bytes (the rows decide who may read them).
+            Change::Rights { .. } | Change::BucketRights { .. } => {}
+        }
+    }
+
+    /// Drops about half of the bodies (every second one met).
+    fn evict_bodies(&self) {
+        let mut n = 0u64;
+        self.retain_bodies(|_| {
+            n += 1;
+            !n.is_multiple_of(2)
+        });
+    }
+
+    fn retain_bodies(&self, mut keep: impl FnMut(&(String, String)) -> bool) {
+        self.bodies.retain(|k, body| {
+            let kept = keep(k);
+            if !kept {
+                self.body_bytes
+                    .fetch_sub(body.bytes.len(), Ordering::Relaxed);
+            }
+            kept
+        });
+    }
+
     /// Drops about a quarter of the entries (every fourth one met).
     fn evict(&self) {
         let mut n = 0u64;
@@ -502,6 +627,7 @@ mod tests {
         let c = MetaCache::new(CacheOptions {
             max_entries: 100,
             ttl: None,
+            ..CacheOptions::default()
         });
         for i in 0..1000 {
             let name = format!("b{i}");
@@ -526,5 +652,77 @@ mod tests {
             assert_eq!(Change::from_payload(&change.to_payload()), change);
         }
         assert_eq!(Change::from_payload("garbage"), Change::All);
+    }
+
+    fn body_cache(max_body_bytes: usize) -> MetaCache {
+        MetaCache::new(CacheOptions {
+            max_body_bytes,
+            max_body_len: 100,
+            ..CacheOptions::default()
+        })
+    }
+
+    #[test]
+    fn a_body_is_served_only_for_its_hash_and_size() {
+        let c = body_cache(1000);
+        let t = c.ticket("b");
+        c.put_body(t, "b", "o", "h1", Bytes::from_static(b"abc"));
+        assert_eq!(c.body("b", "o", "h1", 3).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(c.body("b", "o", "h2", 3), None, "another version's hash");
+        assert_eq!(c.body("b", "o", "h1", 4), None, "another size");
+        assert_eq!(c.body("b", "other", "h1", 3), None);
+        // Too large for the cache: not kept.
+        c.put_body(t, "b", "big", "h", Bytes::from(vec![0u8; 101]));
+        assert_eq!(c.body("b", "big", "h", 101), None);
+        assert_eq!(c.body_bytes(), 3);
+    }
+
+    #[test]
+    fn changes_drop_bodies_and_a_racing_read_keeps_none() {
+        let c = body_cache(1000);
+        let put = |name: &str| {
+            let t = c.ticket("b");
+            c.put_body(t, "b", name, "h", Bytes::from_static(b"xy"));
+        };
+        put("o1");
+        put("o2");
+        c.invalidate(&Change::Rights {
+            client: "x".into(),
+            bucket: "b".into(),
+        });
+        assert!(
+            c.body("b", "o1", "h", 2).is_some(),
+            "rights do not touch bytes"
+        );
+        c.invalidate(&Change::object("b", "o1"));
+        assert_eq!(c.body("b", "o1", "h", 2), None);
+        assert!(c.body("b", "o2", "h", 2).is_some());
+        c.invalidate(&Change::bucket("b"));
+        assert_eq!(c.body("b", "o2", "h", 2), None);
+        put("o3");
+        c.invalidate(&Change::All);
+        assert_eq!(c.body("b", "o3", "h", 2), None);
+        assert_eq!(c.body_bytes(), 0);
+
+        // A read that started before a write to its bucket does not store its (old) bytes.
+        let t = c.ticket("b");
+        c.invalidate(&Change::object("b", "o4"));
+        c.put_body(t, "b", "o4", "h", Bytes::from_static(b"old"));
+        assert_eq!(c.body("b", "o4", "h", 3), None);
+    }
+
+    #[test]
+    fn bodies_stay_within_their_byte_cap() {
+        let c = body_cache(500);
+        for i in 0..100 {
+            let t = c.ticket("b");
+            c.put_body(t, "b", &format!("o{i}"), "h", Bytes::from(vec![0u8; 100]));
+            assert!(c.body_bytes() <= 500, "{} bytes held", c.body_bytes());
+        }
+        assert!(c.body("b", "o99", "h", 100).is_some(), "the newest is kept");
+        let off = body_cache(0);
+        let t = off.ticket("b");
+        off.put_body(t, "b", "o", "h", Bytes::from_static(b"a"));
+        assert_eq!(off.body("b", "o", "h", 1), None);
     }
 }

@@ -113,6 +113,13 @@ impl MetaStore {
         let options = CacheOptions {
             max_entries: config.cache_max_entries,
             ttl: (config.cache_ttl_ms > 0).then(|| Duration::from_millis(config.cache_ttl_ms)),
+            // No bodies when the row cache is off: a body is only served for a fresh row.
+            max_body_bytes: if config.cache_max_entries > 0 {
+                config.body_cache_bytes
+            } else {
+                0
+            },
+            max_body_len: config.body_cache_max_object,
         };
         Self::open_with(url, options).await
     }

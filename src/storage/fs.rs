@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio_util::io::ReaderStream;
 
 use super::{ByteStream, ListPage, ObjectWriter, Storage, WholeObject};
 use crate::error::{Error, Result};
@@ -43,6 +41,61 @@ impl FsStorage {
     fn path(&self, bucket: &str, key: &str) -> PathBuf {
         Self::object_path(&self.objects, bucket, key)
     }
+}
+
+impl FsStorage {
+    /// Opens an object's file positioned at `start`, off the reactor.
+    async fn open_at(&self, bucket: &str, key: &str, start: u64) -> Result<std::fs::File> {
+        let path = self.path(bucket, key);
+        let what = format!("{bucket}/{key}");
+        tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::storage(format!(
+                        "object {what} missing from storage"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if start > 0 {
+                file.seek(std::io::SeekFrom::Start(start))?;
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+    }
+}
+
+/// Streams up to `len` bytes of `file` from its position, in [`READ_CHUNK`] pieces. Each one is
+/// one blocking read straight into the buffer that is then hashed and sent (`tokio::fs::File`
+/// reads into a buffer of its own and copies out of it), requested only when the previous one
+/// was taken: a stream holds one chunk. Measured (two-hop 64 MiB GET, 64 concurrent streams):
+/// 1 MiB chunks were slower and tripled the peak memory, reading one chunk ahead gained
+/// nothing clear and cost memory.
+fn file_chunks(file: std::fs::File, len: u64) -> ByteStream {
+    let chunks = futures::stream::try_unfold((file, len), |(file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = (READ_CHUNK as u64).min(left);
+        let (file, chunk) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut file = file;
+            // read_to_end fills the spare capacity without zeroing it first.
+            let mut chunk = Vec::with_capacity(want as usize);
+            (&mut file).take(want).read_to_end(&mut chunk)?;
+            Ok((file, chunk))
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let left = left - chunk.len() as u64;
+        Ok(Some((Bytes::from(chunk), (file, left))))
+    });
+    Box::pin(chunks)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -92,17 +145,7 @@ impl Storage for FsStorage {
     }
 
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream> {
-        let file = match tokio::fs::File::open(self.path(bucket, key)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::storage(format!(
-                    "object {bucket}/{key} missing from storage"
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let stream = ReaderStream::with_capacity(file, READ_CHUNK).map(|r| r.map_err(Error::from));
-        Ok(Box::pin(stream))
+        Ok(file_chunks(self.open_at(bucket, key, 0).await?, u64::MAX))
     }
 
     async fn read_whole(&self, bucket: &str, key: &str, limit: u64) -> Result<WholeObject> {
@@ -139,27 +182,7 @@ impl Storage for FsStorage {
         start: u64,
         len: u64,
     ) -> Result<ByteStream> {
-        let path = self.path(bucket, key);
-        let what = format!("{bucket}/{key}");
-        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File> {
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::storage(format!(
-                        "object {what} missing from storage"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            file.seek(std::io::SeekFrom::Start(start))?;
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
-        let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
-        let stream =
-            ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| r.map_err(Error::from));
-        Ok(Box::pin(stream))
+        Ok(file_chunks(self.open_at(bucket, key, start).await?, len))
     }
 
     async fn stat(&self, bucket: &str, key: &str) -> Result<Option<u64>> {
@@ -314,6 +337,7 @@ impl Drop for FsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
 
     async fn collect(mut s: ByteStream) -> Vec<u8> {
         let mut out = Vec::new();
