@@ -17,6 +17,7 @@ pub struct S3Server {
 
 impl S3Server {
     pub async fn start(root: &Path) -> S3Server {
+        std::fs::create_dir_all(root).unwrap();
         let fs = s3s_fs::FileSystem::new(root).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
