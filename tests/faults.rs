@@ -259,3 +259,30 @@ async fn a_delete_that_s3_refused_leaves_the_object_ready() {
         .unwrap();
     assert_eq!(r.status(), 204);
 }
+
+/// A connection returned to the metadata pool inside a transaction nobody owns (what sqlx
+/// leaves when a BEGIN's future is dropped half-way) is closed, not reused: reused, it held
+/// the write lock and refused every later BEGIN, and the campaign saw a site stop writing
+/// ("attempted to call begin_with at non-zero transaction depth") after a client went away.
+#[tokio::test]
+async fn a_connection_left_inside_a_transaction_is_not_reused() {
+    use sqlx::TransactionManager;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let meta = mirrorgate::meta::MetaStore::open(&url).await.unwrap();
+    for _ in 0..3 {
+        let mut conn = meta.pool().acquire().await.unwrap();
+        sqlx::sqlite::SqliteTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into()))
+            .await
+            .unwrap();
+        drop(conn); // back to the pool, in a transaction, with no Transaction to end it
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..20 {
+        let tx = tokio::time::timeout(Duration::from_secs(5), meta.write_tx())
+            .await
+            .unwrap_or_else(|_| panic!("write transaction {i}: the write lock is held"))
+            .unwrap_or_else(|e| panic!("write transaction {i}: {e}"));
+        tx.commit().await.unwrap();
+    }
+}
