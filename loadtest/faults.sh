@@ -12,6 +12,7 @@
 # Usage: loadtest/faults.sh
 # Environment (all optional):
 #   RUNS=200  SEED_START=1  LOAD_SECS=12  WRITERS=4  SETTLE_SECS=60
+#   BUDGET_SECS=N: start no new run after N seconds (the table covers the runs done)
 #   One seed again: MIRRORGATE_FAULT_SEED=N cargo test --release --test faults short_fault
 set -euo pipefail
 
@@ -22,9 +23,10 @@ export MIRRORGATE_FAULT_SEED_START="${SEED_START:-1}"
 export MIRRORGATE_FAULT_LOAD_SECS="${LOAD_SECS:-12}"
 export MIRRORGATE_FAULT_WRITERS="${WRITERS:-4}"
 export MIRRORGATE_FAULT_SETTLE_SECS="${SETTLE_SECS:-60}"
+[ -n "${BUDGET_SECS:-}" ] && export MIRRORGATE_FAULT_BUDGET_SECS="$BUDGET_SECS"
 LOG="${LOG:-$ROOT/target/faults-long.log}"
 
 echo "[faults] $MIRRORGATE_FAULT_RUNS runs from seed $MIRRORGATE_FAULT_SEED_START, log in $LOG" >&2
 cargo test --release --test faults long_profile -- --ignored --nocapture --test-threads 1 \
-    2>&1 | tee "$LOG" | grep -E '^(seed=|  VIOLATION|\||test result)' || true
+    2>&1 | tee "$LOG" | grep -E '^(seed=|  VIOLATION|\||test result|time budget)' || true
 grep -q 'test result: ok' "$LOG"

@@ -64,13 +64,28 @@ async fn short_fault_campaign_loses_nothing() {
     assert_clean(&reports);
 }
 
-/// `MIRRORGATE_FAULT_RUNS` runs (default 200) from seed `MIRRORGATE_FAULT_SEED_START`.
+/// `MIRRORGATE_FAULT_RUNS` runs (default 200) from seed `MIRRORGATE_FAULT_SEED_START`; no
+/// new run starts after `MIRRORGATE_FAULT_BUDGET_SECS` (if set). The table so far is printed
+/// every 10 runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long profile: loadtest/faults.sh"]
 async fn long_profile() {
     let runs = env_u64("MIRRORGATE_FAULT_RUNS").unwrap_or(200);
     let start = env_u64("MIRRORGATE_FAULT_SEED_START").unwrap_or(1);
-    let reports = run_all(start..start + runs).await;
+    let budget = env_u64("MIRRORGATE_FAULT_BUDGET_SECS").map(Duration::from_secs);
+    let began = std::time::Instant::now();
+    let mut reports = Vec::new();
+    for seed in start..start + runs {
+        if budget.is_some_and(|b| began.elapsed() > b) {
+            println!("time budget spent after {} runs", reports.len());
+            break;
+        }
+        reports.push(run(&plan(seed)).await);
+        if reports.len() % 10 == 0 {
+            println!("{}", table(&reports));
+        }
+    }
+    println!("{}", table(&reports));
     assert_clean(&reports);
 }
 

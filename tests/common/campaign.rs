@@ -795,6 +795,9 @@ fn stored_files(index: usize, dir: &Path, s3_root: &Path) -> BTreeSet<(String, S
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
+            if rel.starts_with("~mirrorgate-staging/") {
+                continue; // a staged S3 write whose cleanup failed: the storage sweep removes it
+            }
             out.insert((bucket.to_owned(), rel));
         }
     }
