@@ -35,6 +35,9 @@ pub struct Plan {
     pub load: Duration,
     /// Bound on each wait for the mesh to settle.
     pub settle: Duration,
+    /// Delete a version at any site holding it; otherwise at the site that wrote it. Deletes
+    /// anywhere expose the open anomaly described in the README (Fault campaign).
+    pub delete_anywhere: bool,
 }
 
 /// What one run found.
@@ -384,9 +387,11 @@ async fn writer(
 ) {
     let http = http();
     let mut rng = StdRng::seed_from_u64(plan.seed ^ (0x9e37_79b9 * (index as u64 + 1)));
+    // Where each name's current version was written.
+    let mut written_at: BTreeMap<String, String> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let key = format!("w{index}/k{}", rng.gen_range(0..KEYS_PER_CLIENT));
-        let base = urls[rng.gen_range(0..urls.len())].clone();
+        let mut base = urls[rng.gen_range(0..urls.len())].clone();
         let allowed = history
             .lock()
             .unwrap()
@@ -397,9 +402,18 @@ async fn writer(
         let certain = (allowed.len() == 1).then(|| allowed.iter().next().unwrap().clone());
         match certain {
             Some(State::Absent) => {
-                put_version(&http, &history, &base, BUCKET, &key, &mut rng).await;
+                if put_version(&http, &history, &base, BUCKET, &key, &mut rng).await
+                    != Outcome::NotApplied
+                {
+                    written_at.insert(key.clone(), base.clone());
+                }
             }
             Some(version) if rng.gen_bool(0.5) => {
+                if !plan.delete_anywhere {
+                    if let Some(origin) = written_at.get(&key) {
+                        base = origin.clone();
+                    }
+                }
                 delete_version(&http, &history, &base, BUCKET, &key, &version).await
             }
             Some(_) => read_check(&http, &history, &base, BUCKET, &key).await,
