@@ -26,7 +26,7 @@ fn plan(seed: u64) -> Plan {
         seed,
         writers: env_u64("MIRRORGATE_FAULT_WRITERS").unwrap_or(4) as usize,
         load: Duration::from_secs(env_u64("MIRRORGATE_FAULT_LOAD_SECS").unwrap_or(12)),
-        settle: Duration::from_secs(env_u64("MIRRORGATE_FAULT_SETTLE_SECS").unwrap_or(60)),
+        settle: Duration::from_secs(env_u64("MIRRORGATE_FAULT_SETTLE_SECS").unwrap_or(100)),
         delete_anywhere: env_u64("MIRRORGATE_FAULT_DELETE_ANYWHERE") == Some(1),
     }
 }
@@ -301,4 +301,46 @@ async fn a_connection_left_inside_a_transaction_is_not_reused() {
             .unwrap_or_else(|e| panic!("write transaction {i}: {e}"));
         tx.commit().await.unwrap();
     }
+}
+
+/// A client that gives up on a DELETE while the storage is slow does not leave the object
+/// DELETING: the delete runs to its end (it used to stop where the client left, and the name
+/// could never be written or deleted again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_abandoned_by_its_client_still_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
+    let link = Proxy::start(s3.addr).await;
+    let dir = root.path().join("site");
+    let config = format!(
+        "[site]\nid = \"s3-gone\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
+        dir.display(),
+        s3server::s3_storage_config(&link.url(), "mg-")
+    );
+    let site = tokio::task::block_in_place(|| Site::spawn_with("s3-gone", &dir, &config));
+    create_bucket(&site, "slow").await;
+    put_object(&site, "slow", "obj", data(5_000, 5)).await;
+    link.set(Fault::Delay(Duration::from_millis(1500)));
+    let gave_up = client()
+        .delete(site.url("/cloudclonestore/slow/obj"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up");
+    link.heal();
+    let again = data(6_000, 6);
+    eventually(
+        Duration::from_secs(30),
+        "the name writable again",
+        || async {
+            let r = client()
+                .post(site.url("/cloudclonestore/slow/obj"))
+                .body(again.clone())
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 201).then_some(())
+        },
+    )
+    .await;
 }

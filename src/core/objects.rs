@@ -186,7 +186,12 @@ pub async fn delete_version(
     origin: &WriteOrigin,
 ) -> Result<()> {
     let obj = site.meta.begin_delete(bucket, name, hash).await?;
-    finish_delete(site, &obj, origin).await
+    // Once DELETING, the delete runs to its end even if the caller goes away (a client that
+    // disconnects, a timeout): dropped half-way, it left the object DELETING for good.
+    let (site, origin) = (site.clone(), origin.clone());
+    tokio::spawn(async move { finish_delete(&site, &obj, &origin).await })
+        .await
+        .map_err(|e| Error::internal(format!("finishing a delete: {e}")))?
 }
 
 async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {

@@ -145,6 +145,8 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
             )
             .await
             {
+                // DELETING or UPLOAD here: that operation's outcome decides; ask again later.
+                Err(e) if e.kind == Kind::Conflict => Err(Failure::Transient(e.message)),
                 Err(e) if e.kind == Kind::PreconditionFailed => {
                     metrics::counter!("mirrorgate_orders_refused_total", "reason" => "version")
                         .increment(1);
