@@ -333,6 +333,11 @@ async fn a_delete_abandoned_by_its_client_still_ends() {
         Duration::from_secs(30),
         "the name writable again",
         || async {
+            // READY again (the storage failed the delete) or deleted: either way not stuck.
+            let _ = client()
+                .delete(site.url("/cloudclonestore/slow/obj"))
+                .send()
+                .await;
             let r = client()
                 .post(site.url("/cloudclonestore/slow/obj"))
                 .body(again.clone())
