@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use http::HeaderMap;
+use tracing::Instrument;
 
 use super::backoff_ms;
 use super::Replication;
@@ -73,9 +74,16 @@ pub async fn work(state: Replication, worker: usize) {
 }
 
 async fn apply_claimed(state: &Replication, row: InboxRow) {
+    let span = tracing::info_span!("order", op_id = %row.order.op_id, from = %row.order.from_site);
+    // `instrument`, not `span.enter()`: an entered span held across an await corrupts the
+    // subscriber's per-thread span stack once the task moves threads, and a later span clone
+    // panics ("tried to clone a span that already closed") in whatever task hits it; a
+    // peer's sender killed that way never restarted (the campaign's seeds 11, 120, 123).
+    apply_and_record(state, row).instrument(span).await
+}
+
+async fn apply_and_record(state: &Replication, row: InboxRow) {
     let op_id = row.order.op_id.clone();
-    let span = tracing::info_span!("order", op_id = %op_id, from = %row.order.from_site);
-    let _enter = span.enter();
     let outcome = with_lease(state, row.seq, apply(state, &row)).await;
     let recorded = match outcome {
         Ok(()) => state.meta.inbox_done(row.seq).await,
