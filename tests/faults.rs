@@ -8,8 +8,8 @@
 #[path = "common/campaign.rs"]
 mod campaign;
 mod common;
-#[path = "common/proxy.rs"]
-mod proxy;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 #[path = "common/s3server.rs"]
 mod s3server;
 
@@ -93,7 +93,7 @@ async fn long_profile() {
 // ---- regressions found by the campaign ------------------------------------------------------
 
 use common::*;
-use proxy::{Fault, Proxy};
+use faultproxy::{Fault, Proxy};
 
 const FAST: &str = "[replication]\nworkers = 4\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\npeer_stall_timeout_secs = 3\n[topology]\npeer_timeout_ms = 1000\n";
 

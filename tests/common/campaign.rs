@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use sqlx::Row;
 
 use crate::common::{ccs_hash, data, site_config, Site, CLIENT};
-use crate::proxy::{Fault, Proxy};
+use crate::faultproxy::{Fault, Proxy};
 use crate::s3server::{s3_storage_config, S3Server};
 
 const IDS: [&str; 3] = ["site-a", "site-b", "site-c"];
