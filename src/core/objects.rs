@@ -172,7 +172,7 @@ pub async fn replace(
 
 /// Deletes an object: READY (or ERR_DEL) becomes DELETING by compare-and-set, so of
 /// concurrent deletes exactly one proceeds; then the bytes go, then DELETED with its orders in
-/// one transaction. A failure to remove the bytes leaves ERR_DEL.
+/// one transaction. A failure to remove the bytes leaves the object READY.
 pub async fn delete(site: &Site, bucket: &str, name: &str, origin: &WriteOrigin) -> Result<()> {
     delete_version(site, bucket, name, None, origin).await
 }
@@ -187,14 +187,21 @@ pub async fn delete_version(
     origin: &WriteOrigin,
 ) -> Result<()> {
     let obj = site.meta.begin_delete(bucket, name, hash).await?;
-    finish_delete(site, &obj, origin).await
+    // Once DELETING, the delete runs to its end even if the caller goes away (a client that
+    // disconnects, a timeout): dropped half-way, it left the object DELETING for good.
+    let (site, origin) = (site.clone(), origin.clone());
+    tokio::spawn(async move { finish_delete(&site, &obj, &origin).await })
+        .await
+        .map_err(|e| Error::internal(format!("finishing a delete: {e}")))?
 }
 
 async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {
     let (bucket, name) = (&obj.bucket, &obj.name);
     if let Err(e) = site.storage.delete(bucket, name).await {
+        // Nothing was deleted (the storage refused or was unreachable): the object stays READY
+        // here, as at its peers, and the client, told of the failure, may delete it again.
         site.meta
-            .swap_object_status(obj, Status::Deleting, Status::ErrDel)
+            .swap_object_status(obj, Status::Deleting, Status::Ready)
             .await?;
         return Err(e);
     }

@@ -99,6 +99,24 @@ static CACHED_OBJECT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
     )
 });
 
+/// Whether a connection coming back to the pool may be reused. sqlx can leave one inside a
+/// transaction nobody owns: a `BEGIN IMMEDIATE` whose future is dropped (a client gone, a
+/// timeout) between the BEGIN and the creation of its `Transaction` (launchbadge/sqlx#3932).
+/// Reused, it holds SQLite's write lock for good and refuses every later BEGIN ("non-zero
+/// transaction depth"): the whole site stops writing. Closed, SQLite rolls it back.
+async fn leaves_no_transaction(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<bool> {
+    use sqlx::TransactionManager;
+    let depth = |c: &sqlx::SqliteConnection| {
+        sqlx::sqlite::SqliteTransactionManager::get_transaction_depth(c)
+    };
+    if depth(conn) == 0 {
+        return Ok(true);
+    }
+    // A dropped `Transaction` queued its rollback: the ping lets the connection run it.
+    sqlx::Connection::ping(conn).await?;
+    Ok(depth(conn) == 0)
+}
+
 impl MetaStore {
     /// Opens (creating if needed) the store and applies migrations, with the default cache.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
@@ -145,6 +163,7 @@ impl MetaStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
+            .after_release(|conn, _| Box::pin(leaves_no_transaction(conn)))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

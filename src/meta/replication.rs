@@ -653,7 +653,9 @@ impl MetaStore {
     }
 
     /// Claims the next due order whose object has no earlier order still open, so orders for
-    /// one object apply in the order they arrived. The claim is a lease: a crashed worker's
+    /// one object apply in the order they arrived; a bucket order also waits for (and is
+    /// waited for by) every earlier order of its bucket, so an object order retried late
+    /// cannot re-create a bucket deleted after it. The claim is a lease: a crashed worker's
     /// order is claimable again once it expires.
     pub async fn claim_inbox(&self, self_site: &str, lease_ms: i64) -> Result<Option<InboxRow>> {
         let now = now_ms();
@@ -661,7 +663,8 @@ impl MetaStore {
             "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq = (
                 SELECT i.seq FROM inbox i
                 WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
-                AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket AND j.object IS i.object
+                AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
+                                AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
                                 AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
                 ORDER BY i.seq LIMIT 1)
              RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created",

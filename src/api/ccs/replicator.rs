@@ -120,7 +120,12 @@ async fn remote_get_object(
     Path((bucket, name)): Path<(String, String)>,
     req_headers: HeaderMap,
 ) -> Result<Response> {
-    let obj = readable_object(&state, &client, &bucket, &name).await?;
+    let obj = match readable_object(&state, &client, &bucket, &name).await {
+        Err(e) if e.kind == Kind::NotFound => {
+            return Err(deleting_is_not_gone(&state, &bucket, &name, e).await)
+        }
+        other => other?,
+    };
     let verification = verification_asked(&req_headers);
     serve_object(&state, obj, &op_id, &req_headers, verification).await
 }
@@ -187,6 +192,25 @@ async fn corrupt_report(
     } else {
         StatusCode::NOT_FOUND
     })
+}
+
+/// A peer pulling an object whose delete is under way here gets a 503 (retry), not a 404:
+/// the delete may still fail and leave the object READY, and a 404 would tell the peer that
+/// its order's version is gone for good.
+async fn deleting_is_not_gone(
+    state: &AppState,
+    bucket: &str,
+    name: &str,
+    not_found: Error,
+) -> Error {
+    match state.meta.get_object(bucket, name).await {
+        Ok(Some(obj)) if obj.status == crate::model::object::Status::Deleting => Error::new(
+            Kind::Unavailable,
+            Origin::Internal,
+            format!("{bucket}/{name} is being deleted here"),
+        ),
+        _ => not_found,
+    }
 }
 
 async fn remote_head_object(

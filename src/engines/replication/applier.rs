@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use http::HeaderMap;
+use tracing::Instrument;
 
 use super::backoff_ms;
 use super::ranged;
@@ -74,9 +75,16 @@ pub async fn work(state: Replication, worker: usize) {
 }
 
 async fn apply_claimed(state: &Replication, row: InboxRow) {
+    let span = tracing::info_span!("order", op_id = %row.order.op_id, from = %row.order.from_site);
+    // `instrument`, not `span.enter()`: an entered span held across an await corrupts the
+    // subscriber's per-thread span stack once the task moves threads, and a later span clone
+    // panics ("tried to clone a span that already closed") in whatever task hits it; a
+    // peer's sender killed that way never restarted (the campaign's seeds 11, 120, 123).
+    apply_and_record(state, row).instrument(span).await
+}
+
+async fn apply_and_record(state: &Replication, row: InboxRow) {
     let op_id = row.order.op_id.clone();
-    let span = tracing::info_span!("order", op_id = %op_id, from = %row.order.from_site);
-    let _enter = span.enter();
     let outcome = with_lease(state, row.seq, apply(state, &row)).await;
     let recorded = match outcome {
         Ok(()) => state.meta.inbox_done(row.seq).await,
@@ -146,6 +154,8 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
             )
             .await
             {
+                // DELETING or UPLOAD here: that operation's outcome decides; ask again later.
+                Err(e) if e.kind == Kind::Conflict => Err(Failure::Transient(e.message)),
                 Err(e) if e.kind == Kind::PreconditionFailed => {
                     metrics::counter!("mirrorgate_orders_refused_total", "reason" => "version")
                         .increment(1);
@@ -249,6 +259,17 @@ async fn replicate_object(
         Ok(()) => return Ok(()),
         Err(f) => f,
     };
+    if source_moved_on(&last) {
+        // The source deleted or replaced this version after queueing the order: that later
+        // operation's own orders decide the name here. Nothing failed.
+        metrics::counter!("mirrorgate_orders_superseded_total").increment(1);
+        tracing::info!(
+            "{}/{name}: superseded at the source: {}",
+            o.bucket_name,
+            last.message()
+        );
+        return Ok(());
+    }
     if matches!(last, Failure::Transient(_)) && !source_gone(&last) {
         return Err(last);
     }
@@ -296,6 +317,14 @@ async fn replicate_object(
     })
 }
 
+/// Whether the source answered that it holds no version, or another one, of the name.
+fn source_moved_on(f: &Failure) -> bool {
+    matches!(f, Failure::Permanent(why) if why.starts_with(MOVED_ON))
+}
+
+/// Prefix of the failures that say the source no longer holds the order's version.
+const MOVED_ON: &str = "moved on: ";
+
 /// Whether a failure says the source does not (or no longer) hold a good copy.
 fn source_gone(f: &Failure) -> bool {
     matches!(f, Failure::Transient(why) if why.contains("integrity"))
@@ -332,6 +361,14 @@ async fn pull_from(
         }
     };
     let obj = replica_object(o, name, &headers);
+    if let Some(current) = current {
+        if !conflict_winner_is_incoming(current, &obj) {
+            if let Some(staging) = &staging {
+                staging.discard().await;
+            }
+            return Ok(());
+        }
+    }
     let expected = Expected {
         size: o.size,
         hash: o.hash.clone(),
@@ -415,7 +452,7 @@ pub(crate) async fn open_remote(
         }
         404 | 410 => {
             return Err(Failure::Permanent(format!(
-                "site {site} does not hold {bucket}/{name}"
+                "{MOVED_ON}site {site} does not hold {bucket}/{name}"
             )))
         }
         s => {
@@ -442,7 +479,7 @@ pub(crate) async fn open_remote(
         .to_owned();
     if Some(announced.as_str()) != hash {
         return Err(Failure::Permanent(format!(
-            "site {site} holds another version of {bucket}/{name}"
+            "{MOVED_ON}site {site} holds another version of {bucket}/{name}"
         )));
     }
     let headers = resp.headers().clone();
@@ -496,6 +533,35 @@ pub fn report_corrupt(
             Err(e) => tracing::warn!(peer = %site, "could not report a corrupt copy: {e}"),
         }
     });
+}
+
+/// The rule for two versions of one name (written at two sites that could not see each
+/// other, or met out of order): the later creation wins, then the greater site id. Every site
+/// applies it to what it holds, so all end with the same winner. The loser is reported (a
+/// warning naming both versions and `mirrorgate_replication_conflicts_total{kept}`), not
+/// silently dropped. Whether `incoming` replaces `current`.
+fn conflict_winner_is_incoming(current: &Object, incoming: &Object) -> bool {
+    let incoming_wins = (incoming.creation, &incoming.site) > (current.creation, &current.site);
+    let (kept, lost) = if incoming_wins {
+        (incoming, current)
+    } else {
+        (current, incoming)
+    };
+    metrics::counter!("mirrorgate_replication_conflicts_total",
+        "kept" => if incoming_wins { "incoming" } else { "local" })
+    .increment(1);
+    tracing::warn!(
+        "{}/{}: two versions meet; keeping {:?} (created {} at {}), the version {:?} (created {} at {}) loses",
+        current.bucket,
+        current.name,
+        kept.hash,
+        kept.creation,
+        kept.site,
+        lost.hash,
+        lost.creation,
+        lost.site
+    );
+    incoming_wins
 }
 
 /// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).

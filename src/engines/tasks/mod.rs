@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::core::Site;
 use crate::engines::topology::TopologyService;
@@ -235,7 +236,11 @@ async fn run_task(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
         Err(e) => return tracing::error!(task = %task.uuid, "starting task: {e}"),
     }
     let span = tracing::info_span!("task", uuid = %task.uuid, kind = %task.kind);
-    let _enter = span.enter();
+    // `instrument`, not `span.enter()` across awaits: see replication::applier::apply_claimed.
+    run_started(meta, task, executor).instrument(span).await
+}
+
+async fn run_started(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
     tracing::info!("task started");
     let handle = TaskHandle {
         uuid: task.uuid.clone(),
