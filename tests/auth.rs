@@ -259,6 +259,12 @@ async fn every_control_family_answers_401_in_its_envelope() {
         assert!(passed(r.status()), "{path}: {}", r.status());
     }
 
+    // The Rucio routes added beyond the seed are operator routes too.
+    for path in ["/replicas/bad/dids", "/replicas/quarantine"] {
+        let r = post(&site, path, None).await;
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(header(&r, "exceptionclass"), "CannotAuthenticate", "{path}");
+    }
     let r = get(&site, "/replicas/rse/site-a", None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "exceptionclass"), "CannotAuthenticate");

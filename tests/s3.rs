@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,58 +12,36 @@ use common::*;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::{JoinHandle, JoinSet};
 
-const ACCESS_KEY: &str = "AKIAMIRRORGATETEST";
-const SECRET_KEY: &str = "mirrorgate-test-secret-key";
+#[path = "common/s3server.rs"]
+mod s3server;
+use s3server::{ACCESS_KEY, SECRET_KEY};
+
 const PREFIX: &str = "mg-";
 const MIB: usize = 1024 * 1024;
 
 // ---- an S3 server in the test process ------------------------------------------------------
 
+/// The shared test S3 server (`tests/common/s3server.rs`) with its own temporary root.
 struct S3Server {
-    addr: SocketAddr,
+    inner: s3server::S3Server,
     root: tempfile::TempDir,
-    accept: JoinHandle<()>,
 }
 
 impl S3Server {
     async fn start() -> S3Server {
         let root = tempfile::tempdir().unwrap();
-        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accept = tokio::spawn(async move {
-            // Connections live in this set: aborting the accept task drops them all.
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let service = service.clone();
-                connections.spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    );
-                    let _ = builder
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        });
-        S3Server { addr, root, accept }
+        let inner = s3server::S3Server::start(root.path()).await;
+        S3Server { inner, root }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.inner.addr)
     }
 
     /// Stops serving at once: the listener and every open connection are dropped.
     fn stop(&self) {
-        self.accept.abort();
+        self.inner.stop();
     }
 
     /// An S3 client as any tool would use it (not mirrorgate's).

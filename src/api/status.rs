@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::engines::dr;
-use crate::engines::replication::effective_pauses;
 use crate::error::Result;
 use crate::meta::replication::now_ms;
 use crate::model::object::{Topology, TopologyStatus};
@@ -67,11 +66,11 @@ pub fn publish_periodically(state: AppState) {
 pub async fn snapshot(state: &AppState, behind_secs: u64) -> Result<Value> {
     let now = now_ms();
     let pauses = state.meta.pause_states().await?;
-    let paused_now = effective_pauses(&state.replication).await?;
     let mut peers = Vec::new();
     for peer in state.topology.replication_peers().await?.iter() {
-        let resume_at = pauses.get(&peer.id).and_then(|(_, at)| *at);
-        let paused = paused_now.get(&peer.id).copied().unwrap_or(false);
+        let (paused, resume_at) = pauses.get(&peer.id).copied().unwrap_or((false, None));
+        // A pause whose resume time has come is over (the sender lifts it on its next round).
+        let paused = paused && resume_at.is_none_or(|at| at > now);
         peers.push(peer_view(state, peer, paused, resume_at, behind_secs, now).await?);
     }
     peers.sort_by_key(|p| std::cmp::Reverse(severity(p)));
@@ -121,7 +120,7 @@ async fn peer_view(
         age_secs,
         failed,
     );
-    publish_peer_gauges(&peer.id, reachable, failed, age_secs.unwrap_or(0));
+    publish_peer_gauges(&peer.id, reachable, failed);
     let window = (THROUGHPUT_WINDOW_MS / 1000) as f64;
     Ok(json!({
         "id": peer.id, "url": peer.uri, "status": peer.status,
@@ -239,17 +238,12 @@ async fn dr_servers(state: &AppState) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-fn publish_peer_gauges(peer: &str, reachable: bool, failed: i64, oldest_secs: i64) {
+/// The backlog gauges (pending orders, bytes, oldest) are the sender's; these are the view's.
+fn publish_peer_gauges(peer: &str, reachable: bool, failed: i64) {
     let peer = peer.to_owned();
-    metrics::gauge!("mirrorgate_peer_reachable", "peer" => peer.clone()).set(if reachable {
-        1.0
-    } else {
-        0.0
-    });
-    metrics::gauge!("mirrorgate_replication_failed_operations", "peer" => peer.clone())
-        .set(failed as f64);
-    metrics::gauge!("mirrorgate_replication_oldest_pending_seconds", "peer" => peer)
-        .set(oldest_secs as f64);
+    let up = if reachable { 1.0 } else { 0.0 };
+    metrics::gauge!("mirrorgate_peer_reachable", "peer" => peer.clone()).set(up);
+    metrics::gauge!("mirrorgate_replication_failed_operations", "peer" => peer).set(failed as f64);
 }
 
 fn publish_site_gauges(copies: &crate::meta::status::CopyHealth) {

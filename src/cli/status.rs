@@ -165,7 +165,7 @@ pub fn render(view: &Value) -> String {
     let _ = writeln!(
         out,
         "\ncopies: {} repairs in flight, {} suspicious and {} lost in the last day; scrubber pass {}",
-        c["repairs_in_flight"], c["suspicious_last_day"], c["lost_last_day"], view["scrubber"]["pass"]
+        c["repairsInFlight"], c["suspiciousLastDay"], c["lostLastDay"], view["scrubber"]["pass"]
     );
     out
 }

@@ -18,6 +18,7 @@ pub struct FailureReason {
 
 /// What the catalogue knows about this site's copies right now.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CopyHealth {
     /// Copies declared BAD whose repair has not ended (the healer's queue).
     pub repairs_in_flight: i64,

@@ -1,6 +1,7 @@
 //! An S3 server in the test process (s3s + s3s-fs, SigV4 with one access key) on 127.0.0.1
 //! port 0, for sites whose storage backend is S3. Objects are plain files under `root`:
 //! `<root>/<bucket>/<key>`.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +44,13 @@ impl S3Server {
             }
         });
         S3Server { addr, accept }
+    }
+}
+
+impl S3Server {
+    /// Stops serving at once: the listener and every open connection are dropped.
+    pub fn stop(&self) {
+        self.accept.abort();
     }
 }
 
