@@ -99,19 +99,116 @@ const FAST: &str = "[replication]\nworkers = 4\nbackoff_initial_ms = 100\nbackof
 
 /// Two sites, each reaching the other through a proxy: `(a, b, a_to_b, b_to_a)`.
 async fn linked_pair() -> (Site, Site, Proxy, Proxy) {
-    let (a, b) = (Site::start("site-a", FAST), Site::start("site-b", FAST));
-    let a_to_b = Proxy::start(b.addr.parse().unwrap()).await;
-    let b_to_a = Proxy::start(a.addr.parse().unwrap()).await;
-    for (site, peer, link) in [(&a, &b, &a_to_b), (&b, &a, &b_to_a)] {
-        let r = reqwest::Client::new()
-            .post(site.url("/administration/topologies"))
-            .json(&serde_json::json!({"id": peer.id, "name": peer.id, "uri": link.url(), "status": "UP"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-    }
+    let (mut sites, mut links) = linked_sites(&["site-a", "site-b"]).await;
+    let (b, a) = (sites.pop().unwrap(), sites.pop().unwrap());
+    let (b_to_a, a_to_b) = (links.remove(&(1, 0)).unwrap(), links.remove(&(0, 1)).unwrap());
     (a, b, a_to_b, b_to_a)
+}
+
+/// Sites that reach each other through proxies: the link from site i to site j is `(i, j)`
+/// (what i sends to j: its orders, its pulls and reads).
+async fn linked_sites(ids: &[&str]) -> (Vec<Site>, std::collections::HashMap<(usize, usize), Proxy>) {
+    let sites: Vec<Site> = ids.iter().map(|id| Site::start(id, FAST)).collect();
+    let mut links = std::collections::HashMap::new();
+    for (i, site) in sites.iter().enumerate() {
+        for (j, peer) in sites.iter().enumerate().filter(|(j, _)| *j != i) {
+            let link = Proxy::start(peer.addr.parse().unwrap()).await;
+            let r = reqwest::Client::new()
+                .post(site.url("/administration/topologies"))
+                .json(&serde_json::json!({"id": peer.id, "name": peer.id, "uri": link.url(), "status": "UP"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            links.insert((i, j), link);
+        }
+    }
+    (sites, links)
+}
+
+/// Waits until `site` owes `peer` no order.
+async fn nothing_owed(site: &Site, peer: &str) {
+    eventually(Duration::from_secs(60), "no order owed to the peer", || async {
+        let v: serde_json::Value = reqwest::get(
+            site.url(&format!("/_/backbeat/api/metrics/crr/{peer}/pending")),
+        )
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+        (v["pending"]["results"]["count"] == 0).then_some(())
+    })
+    .await;
+}
+
+async fn delete_object(site: &Site, bucket: &str, key: &str) {
+    let r = client()
+        .delete(site.url(&format!("/cloudclonestore/{bucket}/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
+/// The ordering anomaly (`DELETE_ANYWHERE=1`, seed 2): version V written at C and deleted at
+/// A; B gets A's DELETE before C's CREATE. It held nothing, so the delete did nothing, and
+/// then it pulled V from C (which had not deleted it yet) and kept it for good. Now the
+/// DELETE leaves a tombstone (version and its creation) and the late CREATE is superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_overtakes_its_create_at_a_third_site_holds() {
+    let (sites, links) = linked_sites(&["site-a", "site-b", "site-c"]).await;
+    let (a, b, c) = (&sites[0], &sites[1], &sites[2]);
+    create_bucket(c, "order").await;
+    bucket_arrives(a, "order").await;
+    bucket_arrives(b, "order").await;
+    links[&(2, 1)].set(Fault::Drop); // C's CREATE does not reach B yet
+    let v = data(30_000, 7);
+    put_object(c, "order", "obj", v.clone()).await;
+    eventually(Duration::from_secs(30), "V at A", || async {
+        (local_hash(a, "order", "obj").await == Some(ccs_hash(&v))).then_some(())
+    })
+    .await;
+    links[&(0, 2)].set(Fault::Drop); // A's DELETE does not reach C: C keeps V to pull from
+    delete_object(a, "order", "obj").await;
+    nothing_owed(a, "site-b").await; // B applied the DELETE, holding nothing
+    links[&(2, 1)].heal();
+    nothing_owed(c, "site-b").await; // B applied the CREATE, C still holding V
+    assert_eq!(local_hash(b, "order", "obj").await, None, "V stays deleted at B");
+    links[&(0, 2)].heal();
+    for site in &sites {
+        no_pending(site).await;
+        assert_eq!(local_hash(site, "order", "obj").await, None, "{}", site.id);
+    }
+    assert!(b.metric("mirrorgate_orders_superseded_total").await >= 1.0);
+}
+
+/// A DELETE of version V reaching a site that holds a newer version W (written there while
+/// the sites could not see each other) is superseded and W stays (it used to be refused and
+/// listed as a failed operation that no retry cleared); W then reaches the deleting site,
+/// whose tombstone of V does not refuse a newer version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_of_an_older_version_than_held_is_superseded() {
+    let (a, b, _a_to_b, b_to_a) = linked_pair().await;
+    create_bucket(&a, "newer").await;
+    bucket_arrives(&b, "newer").await;
+    put_object(&a, "newer", "obj", data(10_000, 8)).await;
+    object_arrives(&b, "newer", "obj").await;
+    b_to_a.set(Fault::Drop); // B's delete and new version do not reach A yet
+    delete_object(&b, "newer", "obj").await;
+    let w = data(12_000, 9);
+    put_object(&b, "newer", "obj", w.clone()).await;
+    delete_object(&a, "newer", "obj").await;
+    nothing_owed(&a, "site-b").await;
+    assert_eq!(local_hash(&b, "newer", "obj").await, Some(ccs_hash(&w)));
+    b_to_a.heal();
+    for site in [&a, &b] {
+        no_pending(site).await;
+    }
+    for site in [&a, &b] {
+        assert_eq!(local_hash(site, "newer", "obj").await, Some(ccs_hash(&w)), "{}", site.id);
+    }
+    assert_eq!(failed_count(&a, "site-b").await, 0, "nothing refused");
 }
 
 async fn local_hash(site: &Site, bucket: &str, key: &str) -> Option<String> {

@@ -311,6 +311,7 @@ async fn force_retry(state: &AppState, item: &RetryItem) -> Result<Option<Failed
         size: Some(obj.size),
         hash: Some(hash),
         action: crate::model::order::Action::Create,
+        version_time: Some(obj.creation.timestamp_millis()),
     };
     state
         .meta

@@ -243,6 +243,7 @@ impl Importer<'_> {
                 size: Some(obj.size),
                 hash: obj.hash.clone(),
                 action: Action::Create,
+                version_time: Some(obj.creation.timestamp_millis()),
             })
             .collect()
     }

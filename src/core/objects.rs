@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::Site;
 use crate::core::stream::{self, OnMismatch, Verify, VerifyBlocks};
 use crate::error::{Error, Kind, Origin, Result};
-use crate::meta::{Object, Status};
+use crate::meta::{Object, Status, VersionToDelete};
 use crate::model::blocks::BlockHasher;
 use crate::model::hash;
 use crate::model::order::Action;
@@ -177,16 +177,16 @@ pub async fn delete(site: &Site, bucket: &str, name: &str, origin: &WriteOrigin)
     delete_version(site, bucket, name, None, origin).await
 }
 
-/// [`delete`], only if the object is the version `hash` (when given): another version is a
-/// `PreconditionFailed` error and stays.
+/// [`delete`] for a DELETE order naming `version` (when given): another version held here is
+/// compared with it (see `meta::check_version_to_delete`).
 pub async fn delete_version(
     site: &Site,
     bucket: &str,
     name: &str,
-    hash: Option<&str>,
+    version: Option<VersionToDelete<'_>>,
     origin: &WriteOrigin,
 ) -> Result<()> {
-    let obj = site.meta.begin_delete(bucket, name, hash).await?;
+    let obj = site.meta.begin_delete(bucket, name, version).await?;
     // Once DELETING, the delete runs to its end even if the caller goes away (a client that
     // disconnects, a timeout): dropped half-way, it left the object DELETING for good.
     let (site, origin) = (site.clone(), origin.clone());

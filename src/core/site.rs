@@ -116,6 +116,8 @@ impl Site {
                 // CREATE/UPDATE: the version to pull; DELETE: the version deleted.
                 hash: object.map(|o| o.2.to_owned()).filter(|h| !h.is_empty()),
                 action,
+                // The outbox takes it from the object's row in the transaction that queues it.
+                version_time: None,
             })
             .collect())
     }

@@ -627,12 +627,12 @@ impl MetaStore {
 
     /// Starts deleting an object: READY or ERR_DEL becomes DELETING, as one compare-and-set,
     /// so of concurrent deletes exactly one proceeds. Returns the row it changed.
-    /// With `version`, only that version (hash) is deleted; another is `PreconditionFailed`.
+    /// With `version`, see `check_version_to_delete`.
     pub async fn begin_delete(
         &self,
         bucket: &str,
         name: &str,
-        version: Option<&str>,
+        version: Option<VersionToDelete<'_>>,
     ) -> Result<Object> {
         let changing = self.changing_object(bucket, name, &[]);
         let mut tx = self.write_tx().await?;
@@ -666,12 +666,7 @@ impl MetaStore {
             }
         }
         if let Some(version) = version {
-            if obj.hash.as_deref() != Some(version) {
-                return Err(Error::precondition_failed(format!(
-                    "{bucket}/{name} is here in another version ({}) than the one to delete ({version})",
-                    obj.hash.as_deref().unwrap_or("none")
-                )));
-            }
+            check_version_to_delete(&obj, version)?;
         }
         sqlx::query("UPDATE objects SET status = 'DELETING' WHERE bucket = $1 AND name = $2 AND id = $3 AND status = $4")
             .bind(bucket)
@@ -771,6 +766,16 @@ impl MetaStore {
                 "object {}/{} changed while it was being deleted",
                 obj.bucket, obj.name
             )));
+        }
+        if let Some(hash) = &obj.hash {
+            replication::record_tombstone(
+                &mut tx,
+                &obj.bucket,
+                &obj.name,
+                hash,
+                obj.creation.timestamp_millis(),
+            )
+            .await?;
         }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
@@ -1002,5 +1007,36 @@ fn topology_from_row(r: &SqliteRow) -> Topology {
         name: r.get("name"),
         uri: r.get("uri"),
         status: TopologyStatus::parse(r.get("status")).unwrap_or(TopologyStatus::Unknown),
+    }
+}
+
+/// The version a DELETE order names: its hash and, from peers that send it, its creation (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct VersionToDelete<'a> {
+    pub hash: &'a str,
+    pub created: Option<i64>,
+}
+
+/// Whether `held` may be deleted by an order for `version`. The same version: yes. Another
+/// one, compared by creation as the conflict rule does: an older one held here lost to the
+/// deleted version, so it goes too; a newer one stays (`Gone`: the order is superseded). An
+/// order without a creation (an older peer) may delete only its own version
+/// (`PreconditionFailed`).
+fn check_version_to_delete(held: &Object, version: VersionToDelete<'_>) -> Result<()> {
+    if held.hash.as_deref() == Some(version.hash) {
+        return Ok(());
+    }
+    let (bucket, name) = (&held.bucket, &held.name);
+    let held_hash = held.hash.as_deref().unwrap_or("none");
+    match version.created {
+        Some(created) if held.creation.timestamp_millis() < created => Ok(()),
+        Some(_) => Err(Error::gone(format!(
+            "{bucket}/{name} is here in a newer version ({held_hash}) than the one to delete ({})",
+            version.hash
+        ))),
+        None => Err(Error::precondition_failed(format!(
+            "{bucket}/{name} is here in another version ({held_hash}) than the one to delete ({})",
+            version.hash
+        ))),
     }
 }

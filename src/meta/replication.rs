@@ -56,7 +56,7 @@ pub struct Totals {
 }
 
 const OUTBOX_COLUMNS: &str =
-    "seq, op_id, to_site, client_id, bucket, object, size, hash, action, attempts, created";
+    "seq, op_id, to_site, client_id, bucket, object, size, hash, action, attempts, created, version_time";
 
 fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
     Order {
@@ -71,6 +71,8 @@ fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
         size: r.get::<Option<i64>, _>("size").map(|s| s as u64),
         hash: r.get("hash"),
         action: Action::parse(r.get("action")),
+        // Failed operations have no such column: a requeued one takes it from the object.
+        version_time: r.try_get("version_time").ok().flatten(),
     }
 }
 
@@ -103,10 +105,11 @@ async fn insert_order(
 ) -> Result<()> {
     let now = now_ms();
     sqlx::query(
-        "INSERT INTO outbox (op_id, to_site, client_id, bucket, object, size, hash, action, state, next_attempt, created, version_id, modified)
+        "INSERT INTO outbox (op_id, to_site, client_id, bucket, object, size, hash, action, state, next_attempt, created, version_id, modified, version_time)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'QUEUED',$9,$9,
            COALESCE($10, (SELECT id FROM objects WHERE bucket = $4 AND name = $5), ''),
-           COALESCE($11, CASE WHEN $8 = 'CREATE' THEN (SELECT creation FROM objects WHERE bucket = $4 AND name = $5) END, $9))
+           COALESCE($11, CASE WHEN $8 = 'CREATE' THEN (SELECT creation FROM objects WHERE bucket = $4 AND name = $5) END, $9),
+           COALESCE($12, (SELECT creation FROM objects WHERE bucket = $4 AND name = $5 AND ($10 IS NULL OR id = $10))))
          ON CONFLICT (op_id, to_site) DO NOTHING",
     )
     .bind(&o.op_id)
@@ -120,11 +123,38 @@ async fn insert_order(
     .bind(now)
     .bind(version.map(|v| v.0))
     .bind(version.map(|v| v.1))
+    .bind(o.version_time)
     .execute(&mut **tx)
     .await?;
     if let Some(object) = &o.object_name {
         set_status(tx, &o.bucket_name, object, &o.to_site, "PENDING").await?;
     }
+    Ok(())
+}
+
+/// Remembers that version `hash` of a name, created at `version_time` (ms), was deleted here.
+/// One tombstone a name, the newest deleted version: an order's version that is older, or
+/// that one, is superseded (see `MetaStore::deleted_here`).
+pub(crate) async fn record_tombstone(
+    tx: &mut Transaction<'_, Sqlite>,
+    bucket: &str,
+    name: &str,
+    hash: &str,
+    version_time: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tombstones (bucket, name, hash, version_time, recorded) VALUES ($1,$2,$3,$4,$5)
+         ON CONFLICT (bucket, name) DO UPDATE SET hash = excluded.hash,
+         version_time = excluded.version_time, recorded = excluded.recorded
+         WHERE excluded.version_time > tombstones.version_time",
+    )
+    .bind(bucket)
+    .bind(name)
+    .bind(hash)
+    .bind(version_time)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -548,6 +578,54 @@ impl MetaStore {
         Ok(done.rows_affected())
     }
 
+    // ---- tombstones ----------------------------------------------------------------------
+
+    /// A DELETE order of version `hash` (created at `version_time`) ended here, whatever this
+    /// site held: a CREATE of that version that arrives later is superseded.
+    pub async fn remember_deleted(
+        &self,
+        bucket: &str,
+        name: &str,
+        hash: &str,
+        version_time: i64,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        record_tombstone(&mut tx, bucket, name, hash, version_time).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether version `hash` of a name, created at `version_time`, is deleted here: it is the
+    /// newest version deleted here, or older than it (the conflict rule made that one win over
+    /// it, so its delete holds for it too).
+    pub async fn deleted_here(
+        &self,
+        bucket: &str,
+        name: &str,
+        hash: &str,
+        version_time: i64,
+    ) -> Result<bool> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT hash, version_time FROM tombstones WHERE bucket = $1 AND name = $2",
+        )
+        .bind(bucket)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some_and(|(deleted, at)| {
+            version_time < at || (version_time == at && deleted == hash)
+        }))
+    }
+
+    /// Forgets tombstones recorded before `before_ms` (no order that old is applied any more).
+    pub async fn prune_tombstones(&self, before_ms: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM tombstones WHERE recorded < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     // ---- pause ---------------------------------------------------------------------------
 
     pub async fn set_pause(&self, site: &str, paused: bool, resume_at: Option<i64>) -> Result<()> {
@@ -583,8 +661,8 @@ impl MetaStore {
         let now = now_ms();
         for o in orders {
             sqlx::query(
-                "INSERT INTO inbox (op_id, from_site, client_id, bucket, object, size, hash, action, state, next_attempt, created)
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'PENDING',$9,$9)
+                "INSERT INTO inbox (op_id, from_site, client_id, bucket, object, size, hash, action, state, next_attempt, created, version_time)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'PENDING',$9,$9,$10)
                  ON CONFLICT (op_id) DO UPDATE SET state = 'PENDING', attempts = 0, next_attempt = excluded.next_attempt,
                  last_error = NULL WHERE inbox.state = 'FAILED'",
             )
@@ -597,6 +675,7 @@ impl MetaStore {
             .bind(&o.hash)
             .bind(o.action.as_str())
             .bind(now)
+            .bind(o.version_time)
             .execute(&mut *tx)
             .await?;
         }
@@ -667,7 +746,7 @@ impl MetaStore {
                                 AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
                                 AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
                 ORDER BY i.seq LIMIT 1)
-             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created",
+             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time",
         )
         .bind(now + lease_ms)
         .bind(now)

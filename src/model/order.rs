@@ -50,6 +50,11 @@ pub struct Order {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
     pub action: Action,
+    /// Creation (ms since the epoch) of the version the order creates or deletes, a
+    /// mirrorgate addition: a receiver compares it with what it holds or deleted (see the
+    /// README, Replication). Absent from older peers, which get the behaviour without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_time: Option<i64>,
 }
 
 impl Order {
@@ -138,6 +143,7 @@ mod tests {
             size: Some(1),
             hash: Some(hash::of(b"x").to_uppercase()),
             action: Action::Create,
+            version_time: None,
         }
     }
 

@@ -269,6 +269,7 @@ impl Run<'_> {
             size: Some(o.size),
             hash: o.hash.clone(),
             action: Action::Create,
+            version_time: Some(o.creation.timestamp_millis()),
         }
     }
 

@@ -19,7 +19,7 @@ use crate::core::wire::{CLIENT_ID, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
 use crate::engines::topology::{Caller, Target};
 use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, InboxRow};
-use crate::meta::{Bucket, Object, Status, Topology};
+use crate::meta::{Bucket, Object, Status, Topology, VersionToDelete};
 use crate::model::object::parse_time;
 use crate::model::order::WriteOrigin;
 use crate::model::order::{Action, Order};
@@ -140,30 +140,7 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
     match (&o.object_name, o.action) {
         (None, Action::Delete) => delete_bucket(state, o).await,
         (None, _) => ensure_bucket(state, o).await.map_err(Failure::from),
-        (Some(name), Action::Delete) => {
-            let origin = WriteOrigin::Replica {
-                from_site: o.from_site.clone(),
-            };
-            // Only the version the order names: a newer one here is not the sender's to delete.
-            match objects::delete_version(
-                &state.site,
-                &o.bucket_name,
-                name,
-                o.hash.as_deref(),
-                &origin,
-            )
-            .await
-            {
-                // DELETING or UPLOAD here: that operation's outcome decides; ask again later.
-                Err(e) if e.kind == Kind::Conflict => Err(Failure::Transient(e.message)),
-                Err(e) if e.kind == Kind::PreconditionFailed => {
-                    metrics::counter!("mirrorgate_orders_refused_total", "reason" => "version")
-                        .increment(1);
-                    Err(Failure::Permanent(format!("refused: {}", e.message)))
-                }
-                other => other.or_else(ignore_missing).map_err(Failure::from),
-            }
-        }
+        (Some(name), Action::Delete) => delete_object(state, o, name).await,
         (Some(name), _) => {
             let outcome = replicate_object(state, row, name).await;
             if !matches!(outcome, Err(Failure::Transient(_))) {
@@ -178,6 +155,43 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
             outcome
         }
     }
+}
+
+/// Applies a DELETE order. A version held here other than the one it names is compared with
+/// it by creation (an older one goes, a newer one stays: the order is superseded); an order
+/// without a creation (an older peer) deletes only its own version, else it is refused.
+async fn delete_object(state: &Replication, o: &Order, name: &str) -> std::result::Result<(), Failure> {
+    let origin = WriteOrigin::Replica {
+        from_site: o.from_site.clone(),
+    };
+    let version = o.hash.as_deref().map(|hash| VersionToDelete {
+        hash,
+        created: o.version_time,
+    });
+    let deleted = objects::delete_version(&state.site, &o.bucket_name, name, version, &origin).await;
+    match deleted {
+        // DELETING or UPLOAD here: that operation's outcome decides; ask again later.
+        Err(e) if e.kind == Kind::Conflict => return Err(Failure::Transient(e.message)),
+        Err(e) if e.kind == Kind::PreconditionFailed => {
+            metrics::counter!("mirrorgate_orders_refused_total", "reason" => "version")
+                .increment(1);
+            return Err(Failure::Permanent(format!("refused: {}", e.message)));
+        }
+        Err(e) if e.kind == Kind::Gone && version.is_some_and(|v| v.created.is_some()) => {
+            metrics::counter!("mirrorgate_orders_superseded_total").increment(1);
+            tracing::info!("{}/{name}: delete superseded here: {}", o.bucket_name, e.message);
+        }
+        other => other.or_else(ignore_missing)?,
+    }
+    // Whatever was held here (nothing yet, another version), the version is deleted: its
+    // CREATE, if it comes later from a third site, must not bring it back.
+    if let (Some(hash), Some(created)) = (o.hash.as_deref(), o.version_time) {
+        state
+            .meta
+            .remember_deleted(&o.bucket_name, name, hash, created)
+            .await?;
+    }
+    Ok(())
 }
 
 fn ignore_missing(e: Error) -> Result<()> {
@@ -237,6 +251,9 @@ async fn replicate_object(
 ) -> std::result::Result<(), Failure> {
     let o = &row.order;
     let want = o.hash.clone().unwrap_or_default();
+    if deleted_here(state, o, name).await? {
+        return Ok(());
+    }
     ensure_bucket(state, o).await?;
     let local = state.meta.get_object(&o.bucket_name, name).await?;
     let mut current = None;
@@ -315,6 +332,27 @@ async fn replicate_object(
             Failure::Permanent(format!("no site holds a good copy: {why}"))
         }
     })
+}
+
+/// Whether the order's version was deleted here, or is older than a version deleted here (a
+/// DELETE from one site overtook the CREATE from another): then it is superseded.
+async fn deleted_here(state: &Replication, o: &Order, name: &str) -> Result<bool> {
+    let (Some(hash), Some(created)) = (o.hash.as_deref(), o.version_time) else {
+        return Ok(false);
+    };
+    if !state
+        .meta
+        .deleted_here(&o.bucket_name, name, hash, created)
+        .await?
+    {
+        return Ok(false);
+    }
+    metrics::counter!("mirrorgate_orders_superseded_total").increment(1);
+    tracing::info!(
+        "{}/{name}: version {hash} is deleted here already: superseded",
+        o.bucket_name
+    );
+    Ok(true)
 }
 
 /// Whether the source answered that it holds no version, or another one, of the name.

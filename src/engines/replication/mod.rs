@@ -124,10 +124,15 @@ pub fn start(state: &Replication) {
     tokio::spawn(janitor(state.clone()));
 }
 
-/// Prunes failed operations past their retention, and old events.
+/// Prunes failed operations past their retention, old events, and tombstones older than
+/// any order still applied (`max_order_age_secs`).
 async fn janitor(state: Replication) {
     let retention_ms = state.config.replication.failed_retention_hours as i64 * 3_600_000;
+    let order_age_ms = (state.config.replication.max_order_age_secs as i64).saturating_mul(1000);
     loop {
+        if let Err(e) = state.meta.prune_tombstones(now_ms() - order_age_ms).await {
+            tracing::warn!("pruning tombstones: {e}");
+        }
         let before = now_ms() - retention_ms;
         match state.meta.prune_failed(before).await {
             Ok(n) if n > 0 => {
