@@ -11,9 +11,9 @@
 #
 # Usage: loadtest/faults.sh
 # Environment (all optional):
-#   RUNS=200  SEED_START=1  LOAD_SECS=12  WRITERS=4  SETTLE_SECS=100
-#   DELETE_ANYWHERE=1: delete at any site holding the version, not only where it was
-#     written (exposes the open anomaly of the README's Fault campaign section)
+#   RUNS=200  SEED_START=1  LOAD_SECS=12  WRITERS=4  SETTLE_SECS=60
+#   DELETE_ANYWHERE=0: delete only where the version was written (default 1: at any site
+#     holding it, which makes DELETE orders overtake CREATE orders at third sites)
 #   BUDGET_SECS=N: start no new run after N seconds (the table covers the runs done)
 #   One seed again: MIRRORGATE_FAULT_SEED=N cargo test --release --test faults short_fault
 set -euo pipefail
@@ -24,8 +24,8 @@ export MIRRORGATE_FAULT_RUNS="${RUNS:-200}"
 export MIRRORGATE_FAULT_SEED_START="${SEED_START:-1}"
 export MIRRORGATE_FAULT_LOAD_SECS="${LOAD_SECS:-12}"
 export MIRRORGATE_FAULT_WRITERS="${WRITERS:-4}"
-export MIRRORGATE_FAULT_SETTLE_SECS="${SETTLE_SECS:-100}"
-export MIRRORGATE_FAULT_DELETE_ANYWHERE="${DELETE_ANYWHERE:-0}"
+export MIRRORGATE_FAULT_SETTLE_SECS="${SETTLE_SECS:-60}"
+export MIRRORGATE_FAULT_DELETE_ANYWHERE="${DELETE_ANYWHERE:-1}"
 [ -n "${BUDGET_SECS:-}" ] && export MIRRORGATE_FAULT_BUDGET_SECS="$BUDGET_SECS"
 LOG="${LOG:-$ROOT/target/faults-long.log}"
 

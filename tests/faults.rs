@@ -26,8 +26,8 @@ fn plan(seed: u64) -> Plan {
         seed,
         writers: env_u64("MIRRORGATE_FAULT_WRITERS").unwrap_or(4) as usize,
         load: Duration::from_secs(env_u64("MIRRORGATE_FAULT_LOAD_SECS").unwrap_or(12)),
-        settle: Duration::from_secs(env_u64("MIRRORGATE_FAULT_SETTLE_SECS").unwrap_or(100)),
-        delete_anywhere: env_u64("MIRRORGATE_FAULT_DELETE_ANYWHERE") == Some(1),
+        settle: Duration::from_secs(env_u64("MIRRORGATE_FAULT_SETTLE_SECS").unwrap_or(60)),
+        delete_anywhere: env_u64("MIRRORGATE_FAULT_DELETE_ANYWHERE") != Some(0),
     }
 }
 

@@ -35,8 +35,8 @@ pub struct Plan {
     pub load: Duration,
     /// Bound on each wait for the mesh to settle.
     pub settle: Duration,
-    /// Delete a version at any site holding it; otherwise at the site that wrote it. Deletes
-    /// anywhere expose the open anomaly described in the README (Fault campaign).
+    /// Delete a version at any site holding it (DELETE orders then overtake CREATE orders at
+    /// third sites); otherwise at the site that wrote it.
     pub delete_anywhere: bool,
 }
 
@@ -50,7 +50,8 @@ pub struct Report {
     pub reads: u64,
     pub faults: BTreeMap<&'static str, u32>,
     pub failed_before_retry: usize,
-    /// DELETE orders refused for naming another version than the peer's (left failed).
+    /// DELETE orders refused for naming another version than the peer's (none since orders
+    /// carry their version's creation; each is also a violation).
     pub refused_deletes: usize,
     pub violations: Vec<String>,
     pub elapsed: Duration,
@@ -871,18 +872,12 @@ fn check_site(index: usize, dir: &Path, s3_root: &Path, rows: &SiteRows, v: &mut
             v.push(format!("{id}: bucket {bucket} stuck in {status}"));
         }
     }
-    // A DELETE order refused because the peer holds another version is a failed operation
-    // by design (README, Replication); counted apart, and the name must still agree.
-    let failed_other: Vec<String> = rows
-        .failed
-        .iter()
-        .filter(|f| !refused_version(f))
-        .cloned()
-        .collect();
+    // A DELETE order naming another version than held compares creations now (superseded or
+    // deleting the older one): a refused one (counted apart too) is a violation like any.
     for (what, list) in [
         ("undelivered order", &rows.outbox),
         ("order not applied", &rows.inbox_open),
-        ("failed operation after the retry pass", &failed_other),
+        ("failed operation after the retry pass", &rows.failed),
         ("task not ended", &rows.tasks_open),
     ] {
         for item in list.iter().take(5) {

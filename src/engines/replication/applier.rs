@@ -25,8 +25,9 @@ use crate::model::order::WriteOrigin;
 use crate::model::order::{Action, Order};
 use crate::storage::ByteStream;
 
-/// A claim lasts this long and is extended while a transfer runs.
-const LEASE_MS: i64 = 60_000;
+/// A claim lasts this long and is renewed every quarter of it while the order is worked on,
+/// so the order of a worker that died (a panic, a stuck process) is claimable again soon.
+const LEASE_MS: i64 = 10_000;
 const IDLE: Duration = Duration::from_millis(250);
 
 /// Why an order (or a pull) could not be applied.
@@ -118,7 +119,7 @@ async fn with_lease<F: std::future::Future<Output = std::result::Result<(), Fail
     work: F,
 ) -> std::result::Result<(), Failure> {
     tokio::pin!(work);
-    let mut ticker = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 3));
+    let mut ticker = tokio::time::interval(Duration::from_millis(LEASE_MS as u64 / 4));
     ticker.tick().await;
     loop {
         tokio::select! {

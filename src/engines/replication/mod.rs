@@ -44,7 +44,7 @@ pub struct ReplicationService {
 }
 
 #[derive(Default, Clone, Copy)]
-struct SenderState {
+pub(crate) struct SenderState {
     running: bool,
     retry_at_ms: i64,
 }

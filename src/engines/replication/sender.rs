@@ -2,12 +2,14 @@
 //! outcome of what it delivered. One sender runs per peer at a time; a peer that fails is backed
 //! off as a whole so later orders never overtake earlier ones.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 
 use super::Replication;
-use super::{backoff_ms, ReplicationService};
+use super::{backoff_ms, ReplicationService, SenderState};
 use crate::error::{Error, Kind, Result};
 use crate::meta::replication::{now_ms, OutboxRow};
 use crate::model::order::OrderStatus;
@@ -71,23 +73,67 @@ async fn dispatch_once(state: &Replication) -> Result<()> {
         if paused.get(&site).copied().unwrap_or(false) || down.contains(&site) {
             continue;
         }
-        if state.service.try_start(&site) {
+        let backoff = backoff_ms(&state.config.replication, 1);
+        if let Some(mut turn) = SenderTurn::start(&state.service, &site, backoff) {
             let (state, site) = (state.clone(), site.clone());
             tokio::spawn(async move {
-                let outcome = send_cycle(&state, &site).await;
-                state
-                    .service
-                    .finish(&site, outcome.err().map(|e| (e, &state)));
+                if let Err(e) = send_cycle(&state, &site).await {
+                    turn.failed(e);
+                }
             });
         }
     }
     Ok(())
 }
 
+/// A peer's sender while it runs. Dropped however the sender ends (done, failed, or
+/// panicked), it clears the peer's "running" flag: a sender that panicked used to leave it
+/// set, and the peer had no sender again until the process restarted.
+struct SenderTurn {
+    service: Arc<ReplicationService>,
+    site: String,
+    /// How long the peer waits after a failure before the next sender.
+    backoff_ms: i64,
+    failure: Option<String>,
+}
+
+impl SenderTurn {
+    /// The peer's turn, unless a sender runs for it or it is backing off.
+    fn start(service: &Arc<ReplicationService>, site: &str, backoff_ms: i64) -> Option<Self> {
+        service.try_start(site).then(|| SenderTurn {
+            service: service.clone(),
+            site: site.to_owned(),
+            backoff_ms,
+            failure: None,
+        })
+    }
+
+    fn failed(&mut self, e: Error) {
+        self.failure = Some(e.message);
+    }
+}
+
+impl Drop for SenderTurn {
+    fn drop(&mut self) {
+        let failure = match self.failure.take() {
+            Some(why) => Some(why),
+            None if std::thread::panicking() => Some("the sender panicked".to_owned()),
+            None => None,
+        };
+        self.service
+            .finish(&self.site, failure.map(|why| (why, self.backoff_ms)));
+    }
+}
+
 impl ReplicationService {
+    /// The senders' state, also after a panic while it was held (a guard clears it then).
+    fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<String, SenderState>> {
+        self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Marks a peer's sender as running unless one runs or the peer is backing off.
     fn try_start(&self, site: &str) -> bool {
-        let mut senders = self.senders.lock().expect("senders lock");
+        let mut senders = self.senders();
         let s = senders.entry(site.to_owned()).or_default();
         if s.running || s.retry_at_ms > now_ms() {
             return false;
@@ -96,18 +142,18 @@ impl ReplicationService {
         true
     }
 
-    fn finish(&self, site: &str, failure: Option<(Error, &Replication)>) {
-        let mut senders = self.senders.lock().expect("senders lock");
+    fn finish(&self, site: &str, failure: Option<(String, i64)>) {
+        let mut senders = self.senders();
         let s = senders.entry(site.to_owned()).or_default();
         s.running = false;
-        if let Some((e, state)) = failure {
-            s.retry_at_ms = now_ms() + backoff_ms(&state.config.replication, 1);
-            tracing::info!(peer = site, "replication to peer interrupted: {e}");
+        if let Some((why, delay_ms)) = failure {
+            s.retry_at_ms = now_ms() + delay_ms;
+            tracing::info!(peer = site, "replication to peer interrupted: {why}");
         }
     }
 
     fn back_off(&self, site: &str, delay_ms: i64) {
-        let mut senders = self.senders.lock().expect("senders lock");
+        let mut senders = self.senders();
         senders.entry(site.to_owned()).or_default().retry_at_ms = now_ms() + delay_ms;
     }
 }
@@ -340,4 +386,38 @@ async fn publish_backlog(state: &Replication, site: &str) -> Result<()> {
         .unwrap_or(0.0);
     metrics::gauge!("mirrorgate_replication_oldest_pending_seconds", "peer" => peer).set(age);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_that_panics_leaves_its_peer_a_sender() {
+        let service = Arc::new(ReplicationService::default());
+        let turn = SenderTurn::start(&service, "peer", 0).expect("the first turn");
+        assert!(
+            SenderTurn::start(&service, "peer", 0).is_none(),
+            "one sender a peer at a time"
+        );
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _turn = turn;
+            panic!("a panic in the send path");
+        }));
+        assert!(panicked.is_err());
+        assert!(
+            SenderTurn::start(&service, "peer", 0).is_some(),
+            "the peer gets a sender again"
+        );
+    }
+
+    #[test]
+    fn a_failed_sender_backs_its_peer_off() {
+        let service = Arc::new(ReplicationService::default());
+        let mut turn = SenderTurn::start(&service, "peer", 60_000).unwrap();
+        turn.failed(Error::upstream(Kind::BadGateway, "refused"));
+        drop(turn);
+        assert!(SenderTurn::start(&service, "peer", 0).is_none(), "backing off");
+        assert!(SenderTurn::start(&service, "other", 0).is_some());
+    }
 }
