@@ -101,13 +101,18 @@ const FAST: &str = "[replication]\nworkers = 4\nbackoff_initial_ms = 100\nbackof
 async fn linked_pair() -> (Site, Site, Proxy, Proxy) {
     let (mut sites, mut links) = linked_sites(&["site-a", "site-b"]).await;
     let (b, a) = (sites.pop().unwrap(), sites.pop().unwrap());
-    let (b_to_a, a_to_b) = (links.remove(&(1, 0)).unwrap(), links.remove(&(0, 1)).unwrap());
+    let (b_to_a, a_to_b) = (
+        links.remove(&(1, 0)).unwrap(),
+        links.remove(&(0, 1)).unwrap(),
+    );
     (a, b, a_to_b, b_to_a)
 }
 
 /// Sites that reach each other through proxies: the link from site i to site j is `(i, j)`
 /// (what i sends to j: its orders, its pulls and reads).
-async fn linked_sites(ids: &[&str]) -> (Vec<Site>, std::collections::HashMap<(usize, usize), Proxy>) {
+async fn linked_sites(
+    ids: &[&str],
+) -> (Vec<Site>, std::collections::HashMap<(usize, usize), Proxy>) {
     let sites: Vec<Site> = ids.iter().map(|id| Site::start(id, FAST)).collect();
     let mut links = std::collections::HashMap::new();
     for (i, site) in sites.iter().enumerate() {
@@ -128,17 +133,20 @@ async fn linked_sites(ids: &[&str]) -> (Vec<Site>, std::collections::HashMap<(us
 
 /// Waits until `site` owes `peer` no order.
 async fn nothing_owed(site: &Site, peer: &str) {
-    eventually(Duration::from_secs(60), "no order owed to the peer", || async {
-        let v: serde_json::Value = reqwest::get(
-            site.url(&format!("/_/backbeat/api/metrics/crr/{peer}/pending")),
-        )
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-        (v["pending"]["results"]["count"] == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "no order owed to the peer",
+        || async {
+            let v: serde_json::Value =
+                reqwest::get(site.url(&format!("/_/backbeat/api/metrics/crr/{peer}/pending")))
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+            (v["pending"]["results"]["count"] == 0).then_some(())
+        },
+    )
     .await;
 }
 
@@ -174,7 +182,11 @@ async fn a_delete_that_overtakes_its_create_at_a_third_site_holds() {
     nothing_owed(a, "site-b").await; // B applied the DELETE, holding nothing
     links[&(2, 1)].heal();
     nothing_owed(c, "site-b").await; // B applied the CREATE, C still holding V
-    assert_eq!(local_hash(b, "order", "obj").await, None, "V stays deleted at B");
+    assert_eq!(
+        local_hash(b, "order", "obj").await,
+        None,
+        "V stays deleted at B"
+    );
     links[&(0, 2)].heal();
     for site in &sites {
         no_pending(site).await;
@@ -206,7 +218,12 @@ async fn a_delete_of_an_older_version_than_held_is_superseded() {
         no_pending(site).await;
     }
     for site in [&a, &b] {
-        assert_eq!(local_hash(site, "newer", "obj").await, Some(ccs_hash(&w)), "{}", site.id);
+        assert_eq!(
+            local_hash(site, "newer", "obj").await,
+            Some(ccs_hash(&w)),
+            "{}",
+            site.id
+        );
     }
     assert_eq!(failed_count(&a, "site-b").await, 0, "nothing refused");
 }
@@ -371,6 +388,50 @@ async fn a_delete_that_s3_refused_leaves_the_object_ready() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+/// An upload whose commit (S3 PutObject or CopyObject onto the key) was carried out by S3
+/// while its answer was lost (seed 212, `cyc-212-24/one`; seed 17): the upload failed, its row went, and the
+/// key stayed in S3 for good without a READY row. A commit that failed may have happened: the
+/// failed upload removes the bytes at its name too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_commit_answer_is_lost_leaves_no_bytes() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
+    let link = Proxy::start(s3.addr).await;
+    let dir = root.path().join("site");
+    let config = format!(
+        "[site]\nid = \"s3-lost\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
+        dir.display(),
+        s3server::s3_storage_config(&link.url(), "mg-")
+    );
+    let site = tokio::task::block_in_place(|| Site::spawn_with("s3-lost", &dir, &config));
+    create_bucket(&site, "lost").await;
+    // The commit: a PutObject of the whole body or a CopyObject from the staging key, both
+    // a PUT on the object's key (path style).
+    link.set(Fault::LoseReplyTo("PUT /mg-lost/obj"));
+    let r = client()
+        .post(site.url("/cloudclonestore/lost/obj"))
+        .body(data(20_000, 10))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    link.heal();
+    let key = root.path().join("s3").join("mg-lost").join("obj");
+    eventually(
+        Duration::from_secs(20),
+        "no key left without its row",
+        || async { (!key.exists()).then_some(()) },
+    )
+    .await;
+    let r = client()
+        .head(site.url("/cloudclonestore/lost/obj"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    put_object(&site, "lost", "obj", data(21_000, 11)).await;
 }
 
 /// A connection returned to the metadata pool inside a transaction nobody owns (what sqlx

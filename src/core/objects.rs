@@ -2,7 +2,7 @@
 //! storing a stream (hash and size checked before anything becomes visible) and reading a
 //! stored object with verification on the way out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -60,14 +60,29 @@ impl Drop for UploadGuard {
 }
 
 /// Removes what an upload that will not complete left: committed bytes first, then its row.
+/// The storage delete is tried a few times (a storage that just failed the commit is likely
+/// to fail once more): while it fails the row stays UPLOAD, which keeps the name's bytes
+/// accounted for.
 async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()> {
     if committed {
-        site.storage.delete(&obj.bucket, &obj.name).await?;
+        let mut pause = Duration::from_millis(250);
+        let mut tries = 0;
+        while let Err(e) = site.storage.delete(&obj.bucket, &obj.name).await {
+            tries += 1;
+            if tries >= FORGET_TRIES {
+                return Err(e);
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
     }
     site.meta
         .cancel_upload(&obj.bucket, &obj.name, &obj.id)
         .await
 }
+
+/// Tries at removing the bytes of an upload that will not complete (about 8 s in all).
+const FORGET_TRIES: u32 = 6;
 
 /// Stores an object: registers it UPLOAD (the bucket must be READY, checked in the same
 /// step), streams the body to storage while hashing, checks size and hash against what the
@@ -87,11 +102,12 @@ pub async fn store(
         obj: obj.clone(),
         committed: false,
     };
-    let received = match receive(site, &obj, body, &expected).await {
+    // A commit that failed may have happened all the same (an S3 CopyObject whose answer was
+    // lost): from its first try on, the bytes at the name are this upload's to remove.
+    let received = match receive(site, &obj, body, &expected, &mut guard.committed).await {
         Ok(r) => r,
         Err(e) => return abandon(site, guard, e).await,
     };
-    guard.committed = true;
     if let Err(e) = commit_upload(site, &obj, received.size, &received.sha256, origin).await {
         return abandon(site, guard, e).await;
     }
@@ -149,7 +165,7 @@ pub async fn replace(
     expected: Expected,
     origin: &WriteOrigin,
 ) -> Result<Object> {
-    let received = receive(site, &new, body, &expected).await?;
+    let received = receive(site, &new, body, &expected, &mut false).await?;
     new.size = received.size;
     new.hash = Some(received.sha256);
     new.status = Status::Ready;
@@ -240,7 +256,9 @@ pub async fn restore(site: &Site, obj: &Object, body: ByteStream) -> Result<Stri
         size: Some(obj.size),
         hash: obj.hash.clone(),
     };
-    Ok(receive(site, obj, body, &expected).await?.adler32)
+    Ok(receive(site, obj, body, &expected, &mut false)
+        .await?
+        .adler32)
 }
 
 /// How an error about a corrupt stored copy starts (peers read it from
@@ -255,11 +273,14 @@ struct Received {
     adler32: String,
 }
 
+/// Streams `body` to storage while hashing, checks it against `expected` and commits it;
+/// `commit_tried` is set once the commit was tried (its failure does not say it did nothing).
 async fn receive(
     site: &Site,
     obj: &Object,
     mut body: ByteStream,
     expected: &Expected,
+    commit_tried: &mut bool,
 ) -> Result<Received> {
     let started = Instant::now();
     let mut writer = site
@@ -307,6 +328,7 @@ async fn receive(
             )));
         }
     }
+    *commit_tried = true;
     writer.commit(&actual).await?;
     site.meta
         .put_blocks(&obj.bucket, &obj.name, &actual, &blocks.finish())

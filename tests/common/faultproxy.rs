@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -29,6 +29,9 @@ pub enum Fault {
     BlockReplies,
     /// Nothing reaches the upstream; the connection stays open (one-way partition).
     BlockRequests,
+    /// Requests pass, but a connection whose request carried this text (ASCII, any case)
+    /// is reset instead of answered: the upstream did the work, the caller never learns it.
+    LoseReplyTo(&'static str),
 }
 
 /// Direction of a chunk through the proxy.
@@ -128,14 +131,21 @@ async fn relay(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let crossed = Arc::new(AtomicU64::new(0));
+    let doomed = Arc::new(AtomicBool::new(false));
     let requests = pump(
         client_read,
         server_write,
         Way::Request,
         shared.clone(),
-        crossed.clone(),
+        (crossed.clone(), doomed.clone()),
     );
-    let replies = pump(server_read, client_write, Way::Reply, shared, crossed);
+    let replies = pump(
+        server_read,
+        client_write,
+        Way::Reply,
+        shared,
+        (crossed, doomed),
+    );
     // Either side ending (or a reset) ends the connection.
     tokio::select! {
         _ = requests => {},
@@ -149,7 +159,7 @@ async fn pump(
     mut to: OwnedWriteHalf,
     way: Way,
     shared: Arc<Shared>,
-    crossed: Arc<AtomicU64>,
+    (crossed, doomed): (Arc<AtomicU64>, Arc<AtomicBool>),
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -175,7 +185,17 @@ async fn pump(
                     return;
                 }
             }
+            Fault::LoseReplyTo(marker) if way == Way::Request => {
+                let text = String::from_utf8_lossy(chunk).to_ascii_lowercase();
+                if text.contains(&marker.to_ascii_lowercase()) {
+                    doomed.store(true, Ordering::SeqCst);
+                }
+            }
             _ => {}
+        }
+        if way == Way::Reply && doomed.load(Ordering::SeqCst) {
+            reset(&to);
+            return;
         }
         if to.write_all(chunk).await.is_err() {
             return;

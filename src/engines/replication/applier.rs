@@ -161,7 +161,11 @@ async fn apply(state: &Replication, row: &InboxRow) -> std::result::Result<(), F
 /// Applies a DELETE order. A version held here other than the one it names is compared with
 /// it by creation (an older one goes, a newer one stays: the order is superseded); an order
 /// without a creation (an older peer) deletes only its own version, else it is refused.
-async fn delete_object(state: &Replication, o: &Order, name: &str) -> std::result::Result<(), Failure> {
+async fn delete_object(
+    state: &Replication,
+    o: &Order,
+    name: &str,
+) -> std::result::Result<(), Failure> {
     let origin = WriteOrigin::Replica {
         from_site: o.from_site.clone(),
     };
@@ -169,7 +173,8 @@ async fn delete_object(state: &Replication, o: &Order, name: &str) -> std::resul
         hash,
         created: o.version_time,
     });
-    let deleted = objects::delete_version(&state.site, &o.bucket_name, name, version, &origin).await;
+    let deleted =
+        objects::delete_version(&state.site, &o.bucket_name, name, version, &origin).await;
     match deleted {
         // DELETING or UPLOAD here: that operation's outcome decides; ask again later.
         Err(e) if e.kind == Kind::Conflict => return Err(Failure::Transient(e.message)),
@@ -180,7 +185,11 @@ async fn delete_object(state: &Replication, o: &Order, name: &str) -> std::resul
         }
         Err(e) if e.kind == Kind::Gone && version.is_some_and(|v| v.created.is_some()) => {
             metrics::counter!("mirrorgate_orders_superseded_total").increment(1);
-            tracing::info!("{}/{name}: delete superseded here: {}", o.bucket_name, e.message);
+            tracing::info!(
+                "{}/{name}: delete superseded here: {}",
+                o.bucket_name,
+                e.message
+            );
         }
         other => other.or_else(ignore_missing)?,
     }

@@ -128,7 +128,9 @@ impl Drop for SenderTurn {
 impl ReplicationService {
     /// The senders' state, also after a panic while it was held (a guard clears it then).
     fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<String, SenderState>> {
-        self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.senders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Marks a peer's sender as running unless one runs or the peer is backing off.
@@ -417,7 +419,10 @@ mod tests {
         let mut turn = SenderTurn::start(&service, "peer", 60_000).unwrap();
         turn.failed(Error::upstream(Kind::BadGateway, "refused"));
         drop(turn);
-        assert!(SenderTurn::start(&service, "peer", 0).is_none(), "backing off");
+        assert!(
+            SenderTurn::start(&service, "peer", 0).is_none(),
+            "backing off"
+        );
         assert!(SenderTurn::start(&service, "other", 0).is_some());
     }
 }
