@@ -53,6 +53,8 @@ pub struct Report {
     /// DELETE orders refused for naming another version than the peer's (none since orders
     /// carry their version's creation; each is also a violation).
     pub refused_deletes: usize,
+    /// Runs of the replication definition started during the faults.
+    pub definition_runs: u32,
     pub violations: Vec<String>,
     pub elapsed: Duration,
 }
@@ -65,7 +67,7 @@ impl Report {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "seed={} acked={} not_applied={} unknown={} reads={} faults[{}] failed_before_retry={} refused_deletes={} violations={} in {:.1}s",
+            "seed={} acked={} not_applied={} unknown={} reads={} faults[{}] failed_before_retry={} refused_deletes={} definition_runs={} violations={} in {:.1}s",
             self.seed,
             self.acknowledged,
             self.not_applied,
@@ -74,6 +76,7 @@ impl Report {
             faults.join(" "),
             self.failed_before_retry,
             self.refused_deletes,
+            self.definition_runs,
             self.violations.len(),
             self.elapsed.as_secs_f64()
         )
@@ -493,6 +496,131 @@ async fn bucket_cycles(plan: Plan, urls: Vec<String>, history: Shared, stop: Arc
                 .lock()
                 .unwrap()
                 .bucket(&bucket, State::Absent, deleted);
+        }
+    }
+}
+
+// ---- a replication definition ---------------------------------------------------------------
+
+/// The definition the campaign runs: objects under `camp/def/` written at site `at`, sent to
+/// site `target` by the Alfresco definition `campaign` (defined at `at`).
+#[derive(Clone, Copy)]
+struct Definition {
+    at: usize,
+    target: usize,
+}
+
+const DEFINITION: &str = "campaign";
+const DEFINITION_OBJECTS: usize = 4;
+
+impl Definition {
+    fn of(plan: &Plan) -> Definition {
+        let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xdef1);
+        let at = rng.gen_range(0..IDS.len());
+        Definition {
+            at,
+            target: (at + rng.gen_range(1..IDS.len())) % IDS.len(),
+        }
+    }
+}
+
+/// Writes the definition's objects, defines it, and runs it every 0.5-2 s while the faults
+/// go on (a site killed under a run fails it; every run must still end). Returns how many
+/// runs started.
+async fn definition_runs(
+    plan: Plan,
+    urls: Vec<String>,
+    history: Shared,
+    stop: Arc<AtomicBool>,
+) -> u32 {
+    let http = http();
+    let def = Definition::of(&plan);
+    let base = &urls[def.at];
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0xdef2);
+    let mut written = 0;
+    while written < DEFINITION_OBJECTS && !stop.load(Ordering::Relaxed) {
+        let key = format!("def/k{written}");
+        if put_version(&http, &history, base, BUCKET, &key, &mut rng).await == Outcome::Ack {
+            written += 1;
+        } else if local_version(&http, base, BUCKET, &key).await != State::Absent {
+            written += 1; // an unknown outcome that happened
+        }
+    }
+    let definition = serde_json::json!({
+        "name": DEFINITION, "description": "fault campaign", "payload": [format!("{BUCKET}/def/")],
+        "targetName": IDS[def.target],
+    });
+    let mut defined = false;
+    let mut runs = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if !defined {
+            let r = http
+                .post(format!("{base}/api/replication-definitions"))
+                .json(&definition)
+                .send()
+                .await;
+            defined = matches!(r, Ok(r) if r.status().is_success() || r.status() == 409);
+        } else if start_definition_run(&http, base).await.is_some() {
+            runs += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+    }
+    runs
+}
+
+/// Starts a run of the definition at `base`; its task id.
+async fn start_definition_run(http: &reqwest::Client, base: &str) -> Option<String> {
+    let r = http
+        .post(format!("{base}/api/running-replication-actions"))
+        .form(&[("name", DEFINITION)])
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["data"]["taskUuid"].as_str().map(str::to_owned)
+}
+
+/// After the faults: one more run completes, nothing failed, and the target holds every
+/// object of the definition (the history requires them at every site as well).
+async fn check_definition(plan: &Plan, urls: &[String], v: &mut Vec<String>) {
+    let http = http();
+    let def = Definition::of(plan);
+    let base = &urls[def.at];
+    let Some(task) = start_definition_run(&http, base).await else {
+        v.push("the replication definition did not run after the faults".to_owned());
+        return;
+    };
+    let ended = crate::common::eventually(
+        Duration::from_secs(60),
+        "the definition run ended",
+        || async {
+            let r = http
+                .get(format!("{base}/api/running-action/{task}"))
+                .send()
+                .await
+                .ok()?;
+            let a: serde_json::Value = r.json().await.ok()?;
+            let status = a["data"]["status"].as_str()?.to_owned();
+            matches!(status.as_str(), "Completed" | "Failed" | "Cancelled")
+                .then_some(a["data"].clone())
+        },
+    )
+    .await;
+    if ended["status"] != "Completed" || ended["result"]["failed"].as_u64().unwrap_or(0) > 0 {
+        v.push(format!(
+            "the definition run after the faults did not complete: {ended}"
+        ));
+    }
+    let target = &urls[def.target];
+    for i in 0..DEFINITION_OBJECTS {
+        let key = format!("def/k{i}");
+        if local_version(&http, target, BUCKET, &key).await == State::Absent
+            && local_version(&http, base, BUCKET, &key).await != State::Absent
+        {
+            v.push(format!(
+                "{BUCKET}/{key}: in the definition, missing at its target {}",
+                IDS[def.target]
+            ));
         }
     }
 }
@@ -996,6 +1124,12 @@ pub async fn run(plan: &Plan) -> Report {
         stop.clone(),
     ));
     load.spawn(backbeat_retries(mesh.urls.clone(), stop.clone()));
+    let definition = tokio::spawn(definition_runs(
+        plan.clone(),
+        mesh.urls.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
     let faults = inject(
         plan,
         &mesh,
@@ -1006,6 +1140,7 @@ pub async fn run(plan: &Plan) -> Report {
     .await;
     stop.store(true, Ordering::Relaxed);
     while load.join_next().await.is_some() {}
+    let definition_runs = definition.await.unwrap_or(0);
     for link in mesh.every_link().chain([&mesh.s3_link]) {
         link.heal();
     }
@@ -1013,6 +1148,7 @@ pub async fn run(plan: &Plan) -> Report {
     let mut report = Report {
         seed: plan.seed,
         faults,
+        definition_runs,
         ..Report::default()
     };
     let mut violations = Vec::new();
@@ -1025,6 +1161,10 @@ pub async fn run(plan: &Plan) -> Report {
     report.failed_before_retry = retry_pass(&mesh.urls).await;
     if report.failed_before_retry > 0 && !settle(&mesh.urls, plan.settle).await {
         violations.push("orders still pending after the retry pass".to_owned());
+    }
+    check_definition(plan, &mesh.urls, &mut violations).await;
+    if !settle(&mesh.urls, plan.settle).await {
+        violations.push("orders of the last definition run still pending".to_owned());
     }
     for site in sites.iter_mut() {
         tokio::task::block_in_place(|| site.terminate());
@@ -1071,9 +1211,9 @@ pub fn table(reports: &[Report]) -> String {
     }
     let total_faults: u32 = faults.values().sum();
     let mut out = String::new();
-    out.push_str("| runs | ops acknowledged | ops unknown | reads checked | faults | failed before the retry pass | refused deletes (documented) | violations |\n|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| runs | ops acknowledged | ops unknown | reads checked | faults | failed before the retry pass | refused deletes | definition runs | violations |\n|---|---|---|---|---|---|---|---|---|\n");
     out.push_str(&format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} |\n\n| fault | injected |\n|---|---|\n",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n\n| fault | injected |\n|---|---|\n",
         reports.len(),
         reports.iter().map(|r| r.acknowledged).sum::<u64>(),
         reports.iter().map(|r| r.unknown).sum::<u64>(),
@@ -1081,6 +1221,7 @@ pub fn table(reports: &[Report]) -> String {
         total_faults,
         reports.iter().map(|r| r.failed_before_retry).sum::<usize>(),
         reports.iter().map(|r| r.refused_deletes).sum::<usize>(),
+        reports.iter().map(|r| r.definition_runs).sum::<u32>(),
         reports.iter().map(|r| r.violations.len()).sum::<usize>(),
     ));
     for (k, n) in faults {
