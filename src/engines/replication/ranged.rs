@@ -100,6 +100,11 @@ impl Staging {
         Ok(())
     }
 
+    /// The staging file (complete once `pull` returned it).
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.file
+    }
+
     /// The staged bytes, once complete.
     pub(crate) async fn stream(&self) -> Result<ByteStream> {
         let file = tokio::fs::File::open(&self.file).await?;
@@ -138,7 +143,7 @@ pub(crate) async fn pull(
     order: &Order,
     name: &str,
     site: &str,
-) -> std::result::Result<Option<(HeaderMap, Staging)>, Failure> {
+) -> std::result::Result<Option<(HeaderMap, Staging, BlockHashes)>, Failure> {
     let cfg = &state.config.replication;
     let (Some(size), Some(hash)) = (order.size, order.hash.as_deref()) else {
         return Ok(None);
@@ -189,7 +194,8 @@ pub(crate) async fn pull(
     if let Some(failure) = pull.failed.lock().unwrap().take() {
         return Err(failure);
     }
-    Ok(Some((headers, staging)))
+    let blocks = pull.blocks;
+    Ok(Some((headers, staging, blocks)))
 }
 
 /// The source's object headers and block hashes (None: it has none for this version).
