@@ -21,6 +21,7 @@
 # sites writing to one disk; the big object end to end <= 1.3x its upload alone; the upload
 # >= 0.8x of the dd rate. The load average at the start and the end is printed too.
 #   MIRRORGATE_BIN=target/release/mirrorgate  KEEP=1 keeps the work directory.
+#   GROUP_WINDOW_US sets both sites' [metadata] group_commit_window_us (default: theirs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -110,6 +111,9 @@ workers = $WORKERS
 [auth]
 enabled = false
 EOF
+    if [ -n "${GROUP_WINDOW_US:-}" ]; then
+        printf '\n[metadata]\ngroup_commit_window_us = %s\n' "$GROUP_WINDOW_US" >> "$WORK/$1.toml"
+    fi
 }
 # A fans its writes out to B; B knows A (it pulls the bytes from A) but sends nothing back.
 site_config site-a "$PA" site-b "$PB" true

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
-/// How long the committer waits for more writes once one arrived.
-const WINDOW: Duration = Duration::from_millis(2);
+/// How long the committer waits for more writes once one arrived, unless configured
+/// (`[metadata] group_commit_window_us`).
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
 /// Writes per transaction at most.
 const MAX_WRITES: usize = 256;
 
@@ -46,10 +47,10 @@ struct Stats {
 
 impl GroupCommit {
     /// Starts the committer on `pool`.
-    pub fn start(pool: SqlitePool) -> Self {
+    pub fn start(pool: SqlitePool, window: Duration) -> Self {
         let (queue, writes) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        tokio::spawn(commit_loop(pool, writes, stats.clone()));
+        tokio::spawn(commit_loop(pool, writes, window, stats.clone()));
         Self { queue, stats }
     }
 
@@ -90,12 +91,20 @@ impl GroupCommit {
 async fn commit_loop(
     pool: SqlitePool,
     mut queue: mpsc::UnboundedReceiver<Write>,
+    window: Duration,
     stats: Arc<Stats>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
-        let until = tokio::time::Instant::now() + WINDOW;
+        // What queued while the previous group committed joins at once.
         while group.len() < MAX_WRITES {
+            match queue.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let until = tokio::time::Instant::now() + window;
+        while group.len() < MAX_WRITES && !window.is_zero() {
             match tokio::time::timeout_at(until, queue.recv()).await {
                 Ok(Some(write)) => group.push(write),
                 _ => break,

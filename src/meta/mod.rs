@@ -142,10 +142,20 @@ impl MetaStore {
             },
             max_body_len: config.body_cache_max_object,
         };
-        Self::open_with(url, options).await
+        let window = Duration::from_micros(config.group_commit_window_us);
+        Self::open_grouped(url, options, window).await
     }
 
     pub async fn open_with(url: &str, cache: CacheOptions) -> anyhow::Result<Self> {
+        Self::open_grouped(url, cache, group::DEFAULT_WINDOW).await
+    }
+
+    /// [`MetaStore::open_with`], with the group committer's window (see `group`).
+    pub async fn open_grouped(
+        url: &str,
+        cache: CacheOptions,
+        window: Duration,
+    ) -> anyhow::Result<Self> {
         let path = url.strip_prefix("sqlite://").ok_or_else(|| {
             anyhow::anyhow!("metadata.url {url:?}: only sqlite:// is supported in this build")
         })?;
@@ -171,7 +181,7 @@ impl MetaStore {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
-            group: group::GroupCommit::start(pool.clone()),
+            group: group::GroupCommit::start(pool.clone(), window),
             pool,
             cache: Arc::new(MetaCache::new(cache)),
             local_site: Arc::from(""),

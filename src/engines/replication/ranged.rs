@@ -3,8 +3,8 @@
 //! staging file under `<data_dir>/staging`. The staging file and the list of its verified
 //! blocks (`.blocks`, appended after the file is synced) survive a cut connection, a peer
 //! restart and a receiver restart: the next attempt fetches only the blocks not verified yet.
-//! The complete staging file then goes through the ordinary store path (whole size and
-//! SHA-256 checked against the order) and is removed.
+//! The complete staging file then becomes the copy in place (`objects::store_staged`: whole
+//! size and SHA-256 checked against the order, then adopted by the storage, no second write).
 //!
 //! A staging file belongs to one committed version (its name hashes bucket, name and the
 //! order's hash): a source only announces an object once it committed it, so nothing staged
