@@ -14,8 +14,14 @@
 #
 # Usage: loadtest/replication.sh
 # Environment (all optional):
-#   N_SMALL=1000  CONC=8  WORKERS=4  BIG_GIB=4  (BIG_GIB=0 skips (b))  IPERF_SECS=5
+#   N_SMALL=1000  CONC=8  WORKERS=4  BIG_GIB=4  (BIG_GIB=0 skips (b))  IPERF_SECS=5  DD_MIB=1024
+#
+# The disk's own write rate (dd conv=fsync) is measured in the same run, and the report gives
+# the ratios to the issue-14 targets: 1 MiB objects end to end >= 0.8x of (dd rate / 2), both
+# sites writing to one disk; the big object end to end <= 1.3x its upload alone; the upload
+# >= 0.8x of the dd rate. The load average at the start and the end is printed too.
 #   MIRRORGATE_BIN=target/release/mirrorgate  KEEP=1 keeps the work directory.
+#   GROUP_WINDOW_US sets both sites' [metadata] group_commit_window_us (default: theirs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +30,7 @@ CONC="${CONC:-8}"
 WORKERS="${WORKERS:-4}"
 BIG_GIB="${BIG_GIB:-4}"
 IPERF_SECS="${IPERF_SECS:-5}"
+DD_MIB="${DD_MIB:-1024}"
 BIN="${MIRRORGATE_BIN:-$ROOT/target/release/mirrorgate}"
 BUCKET=repl
 H="x-clonecloudstore-client-id: bench"
@@ -104,6 +111,9 @@ workers = $WORKERS
 [auth]
 enabled = false
 EOF
+    if [ -n "${GROUP_WINDOW_US:-}" ]; then
+        printf '\n[metadata]\ngroup_commit_window_us = %s\n' "$GROUP_WINDOW_US" >> "$WORK/$1.toml"
+    fi
 }
 # A fans its writes out to B; B knows A (it pulls the bytes from A) but sends nothing back.
 site_config site-a "$PA" site-b "$PB" true
@@ -153,6 +163,13 @@ for _ in $(seq 50); do
 done
 IPERF_GBS=$(jq -e '.end.sum_received.bits_per_second / 8 / 1e9' "$WORK/iperf3.json") \
     || die "iperf3 failed: $(jq -r .error "$WORK/iperf3.json" 2>/dev/null)"
+
+# ---- the disk's own write rate -------------------------------------------------------------
+log "dd conv=fsync, ${DD_MIB} MiB on the work directory's disk"
+DD_MBS=$(dd if=/dev/zero of="$WORK/dd.bin" bs=1M count="$DD_MIB" conv=fsync 2>&1 \
+    | awk '/copied/ {print $(NF-1) * ($NF == "GB/s" ? 1000 : 1)}')
+rm -f "$WORK/dd.bin"
+LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
 
 # ---- setup ---------------------------------------------------------------------------------
 curl -fsS -o /dev/null -X POST -H "$H" "$A/cloudclonestore/$BUCKET"
@@ -205,18 +222,22 @@ if [ "$BIG_GIB" -gt 0 ]; then
 fi
 
 # ---- report --------------------------------------------------------------------------------
-python3 - "$RESULTS" "$IPERF_GBS" "$CONC" "$WORKERS" <<'PY'
+LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
+python3 - "$RESULTS" "$IPERF_GBS" "$CONC" "$WORKERS" "$DD_MBS" "$LOAD_START" "$LOAD_END" <<'PY'
 import sys, os, datetime
 results, iperf, conc, workers = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+dd, load_start, load_end = float(sys.argv[5]), sys.argv[6], sys.argv[7]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
 print(f"replication.sh, {datetime.date.today()}, {os.cpu_count()} CPUs ({cpu}), A -> B on 127.0.0.1,"
       f" [replication] workers = {workers}, {conc} writing clients")
 print()
-print(f"loopback TCP (iperf3, 1 stream, same run): {iperf:.2f} GB/s")
+print(f"loopback TCP (iperf3, 1 stream, same run): {iperf:.2f} GB/s; disk (dd conv=fsync): {dd:.0f} MB/s;"
+      f" load average {load_start} at the start, {load_end} at the end")
 print()
 print("| phase | objects | size | writes at A done | end to end (first write to last COMPLETED) | objects/s | GB/s | vs loopback TCP |")
 print("|---|---|---|---|---|---|---|---|")
+targets = []
 for line in open(results):
     f = line.split()
     if f[0] == "big-skipped":
@@ -229,4 +250,14 @@ for line in open(results):
     sz = f"{size / 2**20:.0f} MiB" if size < 2**30 else f"{size / 2**30:.0f} GiB"
     rate = f"{n / e2e:,.1f}" if n / e2e >= 10 else f"{n / e2e:.3f}"
     print(f"| {label} | {n} | {sz} | {w:.2f} s | {e2e:.2f} s | {rate} | {gbs:.3f} | {gbs / iperf:.3f}x |")
+    if name == "small":
+        ratio = gbs * 1000 / (dd / 2)
+        targets.append(f"1 MiB objects end to end: {ratio:.2f}x of dd/2 (target >= 0.8x: {'met' if ratio >= 0.8 else 'missed'})")
+    else:
+        overlap, upload = e2e / w, size / w / 1e6 / dd
+        targets.append(f"big object end to end: {overlap:.2f}x its upload (target <= 1.3x: {'met' if overlap <= 1.3 else 'missed'})")
+        targets.append(f"big object upload: {upload:.2f}x of dd (target >= 0.8x: {'met' if upload >= 0.8 else 'missed'})")
+print()
+for t in targets:
+    print(f"- {t}")
 PY

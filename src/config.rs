@@ -246,6 +246,10 @@ pub struct MetadataConfig {
     /// Largest object whose body is kept (bytes).
     #[serde(default = "default_body_cache_max_object")]
     pub body_cache_max_object: usize,
+    /// How long the group committer waits for more writes once one arrived, in microseconds
+    /// (see `meta::group`). 0: a group is what queued while the previous one committed.
+    #[serde(default = "default_group_commit_window_us")]
+    pub group_commit_window_us: u64,
 }
 
 impl Default for MetadataConfig {
@@ -256,12 +260,17 @@ impl Default for MetadataConfig {
             cache_ttl_ms: default_cache_ttl_ms(),
             body_cache_bytes: default_body_cache_bytes(),
             body_cache_max_object: default_body_cache_max_object(),
+            group_commit_window_us: default_group_commit_window_us(),
         }
     }
 }
 
 fn default_cache_max_entries() -> usize {
     100_000
+}
+
+fn default_group_commit_window_us() -> u64 {
+    2000
 }
 
 fn default_cache_ttl_ms() -> u64 {

@@ -385,6 +385,16 @@ async fn a_cut_pull_resumes_from_its_verified_blocks() {
         size as f64,
         "every block verified once"
     );
+    // The staging file itself became the copy: written once, not streamed into the store.
+    assert_eq!(
+        b.metric("mirrorgate_pull_adopted_bytes_total").await,
+        size as f64,
+        "the staged file adopted in place"
+    );
+    assert!(
+        b.metric("mirrorgate_bytes_in_total").await < size as f64,
+        "the staged bytes were not written a second time"
+    );
     // The staging file goes right after the store that made the object visible.
     eventually(Duration::from_secs(10), "staging emptied", || async {
         staging_is_empty(&b).then_some(())

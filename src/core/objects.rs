@@ -2,6 +2,7 @@
 //! storing a stream (hash and size checked before anything becomes visible) and reading a
 //! stored object with verification on the way out.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use super::Site;
 use crate::core::stream::{self, OnMismatch, Verify, VerifyBlocks};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::meta::{Object, Status, VersionToDelete};
-use crate::model::blocks::BlockHasher;
+use crate::model::blocks::{BlockHasher, BlockHashes};
 use crate::model::hash;
 use crate::model::order::Action;
 use crate::model::order::WriteOrigin;
@@ -32,11 +33,28 @@ struct UploadGuard {
     site: Option<Site>,
     obj: Object,
     committed: bool,
+    /// A metadata write handed to the group committer (registration or READY): it runs to its
+    /// end even if this upload is dropped, so the undo waits for its outcome.
+    in_flight: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl UploadGuard {
     fn disarm(mut self) {
         self.site = None;
+    }
+
+    /// Runs `write` in its own task and waits for it; if this upload is dropped meanwhile,
+    /// the undo learns the write's outcome first.
+    async fn settle<F>(&mut self, write: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        let handle = self.in_flight.insert(tokio::spawn(write));
+        let outcome = handle
+            .await
+            .map_err(|e| Error::internal(format!("metadata write: {e}")));
+        self.in_flight = None;
+        outcome?
     }
 }
 
@@ -44,8 +62,16 @@ impl Drop for UploadGuard {
     fn drop(&mut self) {
         if let Some(site) = self.site.take() {
             let (obj, committed) = (self.obj.clone(), self.committed);
+            let in_flight = self.in_flight.take();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
+                    let wrote = match in_flight {
+                        Some(write) => matches!(write.await, Ok(Ok(()))),
+                        None => false,
+                    };
+                    if wrote && committed {
+                        return; // marked READY after all: the upload completed
+                    }
                     if let Err(e) = forget_upload(&site, &obj, committed).await {
                         tracing::warn!(
                             "could not forget interrupted upload {}/{}: {e}",
@@ -90,25 +116,75 @@ const FORGET_TRIES: u32 = 6;
 /// row). Any failure (or the future being dropped) leaves neither bytes nor metadata behind.
 pub async fn store(
     site: &Site,
-    mut obj: Object,
+    obj: Object,
     body: ByteStream,
     expected: Expected,
     origin: &WriteOrigin,
 ) -> Result<Object> {
+    store_incoming(site, obj, Incoming::Stream(body), expected, origin).await
+}
+
+/// [`store`] for bytes already in a file of this site's disk: a pull staged by verified
+/// blocks (`blocks`, the source's block hashes). The file is read once to check its size and
+/// whole SHA-256 against the order, then becomes the object's bytes in place where the storage
+/// can adopt it (fs: one rename, no second write); elsewhere it is streamed in once.
+pub async fn store_staged(
+    site: &Site,
+    obj: Object,
+    staged: &Path,
+    blocks: BlockHashes,
+    expected: Expected,
+    origin: &WriteOrigin,
+) -> Result<Object> {
+    let incoming = Incoming::Staged(staged.to_path_buf(), blocks);
+    store_incoming(site, obj, incoming, expected, origin).await
+}
+
+/// Where the bytes of a store come from.
+enum Incoming {
+    Stream(ByteStream),
+    /// A verified staging file and its block hashes.
+    Staged(PathBuf, BlockHashes),
+}
+
+async fn store_incoming(
+    site: &Site,
+    mut obj: Object,
+    incoming: Incoming,
+    expected: Expected,
+    origin: &WriteOrigin,
+) -> Result<Object> {
     obj.status = Status::Upload;
-    site.meta.begin_upload(&obj).await?;
     let mut guard = UploadGuard {
         site: Some(site.clone()),
         obj: obj.clone(),
         committed: false,
+        in_flight: None,
     };
     // A commit that failed may have happened all the same (an S3 CopyObject whose answer was
     // lost): from its first try on, the bytes at the name are this upload's to remove.
-    let received = match receive(site, &obj, body, &expected, &mut guard.committed).await {
+    let (s, o) = (site.clone(), obj.clone());
+    if let Err(e) = guard
+        .settle(async move { s.meta.begin_upload(&o).await })
+        .await
+    {
+        guard.disarm(); // not registered: nothing to undo
+        return Err(e);
+    }
+    let received = match incoming {
+        Incoming::Stream(body) => receive(site, &obj, body, &expected, &mut guard.committed).await,
+        Incoming::Staged(path, blocks) => {
+            adopt_staged(site, &obj, &path, blocks, &expected, &mut guard.committed).await
+        }
+    };
+    let received = match received {
         Ok(r) => r,
         Err(e) => return abandon(site, guard, e).await,
     };
-    if let Err(e) = commit_upload(site, &obj, received.size, &received.sha256, origin).await {
+    let (s, o, origin_owned) = (site.clone(), obj.clone(), origin.clone());
+    let (size, sha256) = (received.size, received.sha256.clone());
+    let committing = async move { commit_upload(&s, &o, size, &sha256, &origin_owned).await };
+    if let Err(e) = guard.settle(committing).await {
         return abandon(site, guard, e).await;
     }
     guard.disarm();
@@ -312,22 +388,7 @@ async fn receive(
         writer.write(chunk).await?;
     }
     let actual = hash::encode(&hasher.finalize());
-    if let Some(declared) = expected.size {
-        if declared != size {
-            return Err(Error::bad_request(format!(
-                "size mismatch: declared {declared} bytes, received {size}"
-            )));
-        }
-    }
-    if let Some(declared) = &expected.hash {
-        if *declared != actual {
-            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "upload")
-                .increment(1);
-            return Err(Error::bad_request(format!(
-                "hash mismatch: declared {declared}, received bytes hash {actual}"
-            )));
-        }
-    }
+    check_expected(expected, size, &actual)?;
     *commit_tried = true;
     writer.commit(&actual).await?;
     site.meta
@@ -341,6 +402,82 @@ async fn receive(
         sha256: actual,
         adler32: crate::model::replica::adler32_text(adler.checksum()),
     })
+}
+
+/// Takes a staged file as an object's bytes: hashed once (size and SHA-256 checked as
+/// `receive` checks a stream), then adopted in place by a storage that can; another storage
+/// gets the file streamed in once.
+async fn adopt_staged(
+    site: &Site,
+    obj: &Object,
+    staged: &Path,
+    blocks: BlockHashes,
+    expected: &Expected,
+    commit_tried: &mut bool,
+) -> Result<Received> {
+    if !site.storage.adopts_files() {
+        let file = tokio::fs::File::open(staged).await?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
+            .map(|r| r.map_err(Error::from));
+        return receive(site, obj, Box::pin(body), expected, commit_tried).await;
+    }
+    let received = hash_file(staged.to_path_buf()).await?;
+    check_expected(expected, received.size, &received.sha256)?;
+    *commit_tried = true;
+    site.storage.adopt(&obj.bucket, &obj.name, staged).await?;
+    site.meta
+        .put_blocks(&obj.bucket, &obj.name, &received.sha256, &blocks)
+        .await?;
+    metrics::counter!("mirrorgate_pull_adopted_bytes_total").increment(received.size);
+    Ok(received)
+}
+
+/// Size, SHA-256 and adler32 of a file, read once off the reactor.
+async fn hash_file(path: PathBuf) -> Result<Received> {
+    tokio::task::spawn_blocking(move || -> Result<Received> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let (mut hasher, mut adler) = (Sha256::new(), adler2::Adler32::new());
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            adler.write_slice(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Received {
+            size,
+            sha256: hash::encode(&hasher.finalize()),
+            adler32: crate::model::replica::adler32_text(adler.checksum()),
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))?
+}
+
+/// The size and hash checks of a write against what the sender declared.
+fn check_expected(expected: &Expected, size: u64, actual: &str) -> Result<()> {
+    if let Some(declared) = expected.size {
+        if declared != size {
+            return Err(Error::bad_request(format!(
+                "size mismatch: declared {declared} bytes, received {size}"
+            )));
+        }
+    }
+    if let Some(declared) = &expected.hash {
+        if declared != actual {
+            metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "upload")
+                .increment(1);
+            return Err(Error::bad_request(format!(
+                "hash mismatch: declared {declared}, received bytes hash {actual}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Who checks the bytes of a read against the recorded hashes.

@@ -15,20 +15,28 @@ impl MetaStore {
         hash: &str,
         blocks: &BlockHashes,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO object_blocks (bucket, name, hash, block_size, digests)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (bucket, name) DO UPDATE SET hash = excluded.hash,
-             block_size = excluded.block_size, digests = excluded.digests",
-        )
-        .bind(bucket)
-        .bind(name)
-        .bind(hash)
-        .bind(blocks.block_size as i64)
-        .bind(blocks.to_hex())
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let row = (bucket.to_owned(), name.to_owned(), hash.to_owned());
+        let (block_size, digests) = (blocks.block_size as i64, blocks.to_hex());
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let (bucket, name, hash) = row;
+                sqlx::query(
+                    "INSERT INTO object_blocks (bucket, name, hash, block_size, digests)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (bucket, name) DO UPDATE SET hash = excluded.hash,
+                     block_size = excluded.block_size, digests = excluded.digests",
+                )
+                .bind(bucket)
+                .bind(name)
+                .bind(hash)
+                .bind(block_size)
+                .bind(digests)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The block hashes of version `hash`, None when none were recorded for it.

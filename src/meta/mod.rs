@@ -4,6 +4,7 @@
 mod blocks;
 pub mod cache;
 pub mod dr;
+pub mod group;
 mod import;
 pub mod replicas;
 pub mod replication;
@@ -19,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::error::{Error, Result};
 pub use crate::model::object::{Bucket, Object, Status, Topology, TopologyStatus};
@@ -33,6 +34,8 @@ use cache::{CacheOptions, CachedObject, Change, Changing, MetaCache};
 #[derive(Clone)]
 pub struct MetaStore {
     pool: SqlitePool,
+    /// Where the per-object writes go to share transactions (see `group`).
+    group: group::GroupCommit,
     cache: Arc<MetaCache>,
     /// This site's id: whose replica state the cached object rows carry (empty: none).
     local_site: Arc<str>,
@@ -139,10 +142,20 @@ impl MetaStore {
             },
             max_body_len: config.body_cache_max_object,
         };
-        Self::open_with(url, options).await
+        let window = Duration::from_micros(config.group_commit_window_us);
+        Self::open_grouped(url, options, window).await
     }
 
     pub async fn open_with(url: &str, cache: CacheOptions) -> anyhow::Result<Self> {
+        Self::open_grouped(url, cache, group::DEFAULT_WINDOW).await
+    }
+
+    /// [`MetaStore::open_with`], with the group committer's window (see `group`).
+    pub async fn open_grouped(
+        url: &str,
+        cache: CacheOptions,
+        window: Duration,
+    ) -> anyhow::Result<Self> {
         let path = url.strip_prefix("sqlite://").ok_or_else(|| {
             anyhow::anyhow!("metadata.url {url:?}: only sqlite:// is supported in this build")
         })?;
@@ -168,6 +181,7 @@ impl MetaStore {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
+            group: group::GroupCommit::start(pool.clone(), window),
             pool,
             cache: Arc::new(MetaCache::new(cache)),
             local_site: Arc::from(""),
@@ -284,6 +298,24 @@ impl MetaStore {
         };
         self.cache.put_object(ticket, bucket, name, found.clone());
         Ok(found.map(Arc::new))
+    }
+
+    /// Runs `write` in the next group commit (see `group`): answered once it is durable.
+    pub(crate) async fn grouped<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut sqlx::SqliteConnection,
+            ) -> futures::future::BoxFuture<'c, Result<T>>
+            + Send
+            + 'static,
+    {
+        self.group.run(write).await
+    }
+
+    /// Transactions the group committer made and the writes they held.
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        self.group.counts()
     }
 
     /// A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE): a
@@ -549,40 +581,9 @@ impl MetaStore {
     /// progress is 406 as CCS; a DELETED or failed row is replaced.
     pub async fn begin_upload(&self, obj: &Object) -> Result<()> {
         let changing = self.changing_object(&obj.bucket, &obj.name, &[]);
-        let mut tx = self.write_tx().await?;
-        // The bucket check and the registration are one step: a bucket DELETE either sees
-        // this upload (and refuses) or happened before (and the upload is refused here).
-        let bucket: Option<String> =
-            sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
-                .bind(&obj.bucket)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if bucket.as_deref() != Some(Status::Ready.as_str()) {
-            return Err(Error::not_found(format!("bucket {} not found", obj.bucket)));
-        }
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
-                .bind(&obj.bucket)
-                .bind(&obj.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match existing.as_deref().and_then(Status::parse) {
-            Some(Status::Upload) => {
-                return Err(Error::not_acceptable(format!(
-                    "object {}/{} is already being created",
-                    obj.bucket, obj.name
-                )))
-            }
-            Some(Status::Ready | Status::Deleting) => {
-                return Err(Error::conflict(format!(
-                    "object {}/{} already exists",
-                    obj.bucket, obj.name
-                )))
-            }
-            _ => {}
-        }
-        upsert_object(&mut tx, obj).await?;
-        tx.commit().await?;
+        let obj = obj.clone();
+        self.grouped(move |tx| Box::pin(async move { begin_upload_in(tx, &obj).await }))
+            .await?;
         changing.done();
         Ok(())
     }
@@ -599,28 +600,15 @@ impl MetaStore {
         orders: &[Order],
     ) -> Result<()> {
         let changing = self.changing_object(&obj.bucket, &obj.name, orders);
-        let mut tx = self.write_tx().await?;
-        let changed = sqlx::query(
-            "UPDATE objects SET status = 'READY', size = $1, hash = $2, replica_of = $3
-             WHERE bucket = $4 AND name = $5 AND id = $6 AND status = 'UPLOAD'",
-        )
-        .bind(size as i64)
-        .bind(hash)
-        .bind(replica_of)
-        .bind(&obj.bucket)
-        .bind(&obj.name)
-        .bind(&obj.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Err(Error::conflict(format!(
-                "upload of {}/{} was cancelled before it completed",
-                obj.bucket, obj.name
-            )));
-        }
-        replication::insert_orders(&mut tx, orders).await?;
-        tx.commit().await?;
+        let (obj, hash, replica_of) = (obj.clone(), hash.to_owned(), replica_of.map(str::to_owned));
+        let orders = orders.to_vec();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let ready = (size, hash.as_str(), replica_of.as_deref());
+                finish_upload_in(tx, &obj, ready, &orders).await
+            })
+        })
+        .await?;
         changing.done();
         Ok(())
     }
@@ -786,13 +774,21 @@ impl MetaStore {
     /// Forgets an upload that did not finish (only while it is still UPLOAD).
     pub async fn cancel_upload(&self, bucket: &str, name: &str, id: &str) -> Result<()> {
         let changing = self.changing_object(bucket, name, &[]);
-        sqlx::query(
-            "DELETE FROM objects WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'UPLOAD'",
-        )
-        .bind(bucket)
-        .bind(name)
-        .bind(id)
-        .execute(&self.pool)
+        // Grouped like `begin_upload`, so it runs after a registration still in flight.
+        let (bucket, name, id) = (bucket.to_owned(), name.to_owned(), id.to_owned());
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "DELETE FROM objects WHERE bucket = $1 AND name = $2 AND id = $3 AND status = 'UPLOAD'",
+                )
+                .bind(bucket)
+                .bind(name)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
         .await?;
         changing.done();
         Ok(())
@@ -945,7 +941,71 @@ fn push_time(q: &mut QueryBuilder<Sqlite>, column: &str, op: &str, t: Option<Dat
     }
 }
 
-async fn upsert_object(tx: &mut sqlx::Transaction<'_, Sqlite>, obj: &Object) -> Result<()> {
+/// [`MetaStore::begin_upload`] inside a transaction: the bucket check and the registration
+/// are one step, so a bucket DELETE either sees this upload (and refuses) or happened before
+/// (and the upload is refused here).
+async fn begin_upload_in(tx: &mut SqliteConnection, obj: &Object) -> Result<()> {
+    let bucket: Option<String> = sqlx::query_scalar("SELECT status FROM buckets WHERE name = $1")
+        .bind(&obj.bucket)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if bucket.as_deref() != Some(Status::Ready.as_str()) {
+        return Err(Error::not_found(format!("bucket {} not found", obj.bucket)));
+    }
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT status FROM objects WHERE bucket = $1 AND name = $2")
+            .bind(&obj.bucket)
+            .bind(&obj.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match existing.as_deref().and_then(Status::parse) {
+        Some(Status::Upload) => {
+            return Err(Error::not_acceptable(format!(
+                "object {}/{} is already being created",
+                obj.bucket, obj.name
+            )))
+        }
+        Some(Status::Ready | Status::Deleting) => {
+            return Err(Error::conflict(format!(
+                "object {}/{} already exists",
+                obj.bucket, obj.name
+            )))
+        }
+        _ => {}
+    }
+    upsert_object(tx, obj).await
+}
+
+/// [`MetaStore::finish_upload`] inside a transaction; `ready` is (size, hash, replica_of).
+async fn finish_upload_in(
+    tx: &mut SqliteConnection,
+    obj: &Object,
+    (size, hash, replica_of): (u64, &str, Option<&str>),
+    orders: &[Order],
+) -> Result<()> {
+    let changed = sqlx::query(
+        "UPDATE objects SET status = 'READY', size = $1, hash = $2, replica_of = $3
+         WHERE bucket = $4 AND name = $5 AND id = $6 AND status = 'UPLOAD'",
+    )
+    .bind(size as i64)
+    .bind(hash)
+    .bind(replica_of)
+    .bind(&obj.bucket)
+    .bind(&obj.name)
+    .bind(&obj.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(Error::conflict(format!(
+            "upload of {}/{} was cancelled before it completed",
+            obj.bucket, obj.name
+        )));
+    }
+    replication::insert_orders(tx, orders).await
+}
+
+async fn upsert_object(tx: &mut SqliteConnection, obj: &Object) -> Result<()> {
     sqlx::query(
         "INSERT INTO objects (bucket, name, id, site, hash, status, creation, expires, size, metadata)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
@@ -963,7 +1023,7 @@ async fn upsert_object(tx: &mut sqlx::Transaction<'_, Sqlite>, obj: &Object) -> 
     .bind(obj.expires.map(|e| e.timestamp_millis()))
     .bind(obj.size as i64)
     .bind(serde_json::to_string(&obj.metadata).map_err(|e| Error::internal(e.to_string()))?)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

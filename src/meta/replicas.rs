@@ -191,7 +191,17 @@ impl MetaStore {
     ) -> Result<()> {
         let changing = self.copy_changing(&obj.bucket, &obj.name);
         let now = now_ms();
-        sqlx::query(
+        let row = (
+            obj.bucket.clone(),
+            obj.name.clone(),
+            site.to_owned(),
+            obj.size as i64,
+        );
+        let (sha256, adler32) = (obj.hash.clone(), adler32.map(str::to_owned));
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let (bucket, name, site, size) = row;
+                sqlx::query(
             "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, verified_at, created_at, updated_at)
              VALUES ($1,$2,$3,'A',$4,$5,$6,$7,$7,$7)
              ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
@@ -199,14 +209,18 @@ impl MetaStore {
              tombstone = NULL, error_message = NULL, verified_at = excluded.verified_at,
              updated_at = excluded.updated_at",
         )
-        .bind(&obj.bucket)
-        .bind(&obj.name)
+        .bind(bucket)
+        .bind(name)
         .bind(site)
-        .bind(obj.size as i64)
-        .bind(&obj.hash)
+        .bind(size)
+        .bind(sha256)
         .bind(adler32)
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
+        .await?;
+                Ok(())
+            })
+        })
         .await?;
         changing.done();
         Ok(())
@@ -215,19 +229,32 @@ impl MetaStore {
     /// A copy is being pulled here (COPYING) unless a row already says more.
     pub async fn replica_copying(&self, obj: &Object, site: &str) -> Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, created_at, updated_at)
-             VALUES ($1,$2,$3,'C',$4,$5,$6,$6) ON CONFLICT (bucket, name, site) DO NOTHING",
-        )
-        .bind(&obj.bucket)
-        .bind(&obj.name)
-        .bind(site)
-        .bind(obj.size as i64)
-        .bind(&obj.hash)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let row = (
+            obj.bucket.clone(),
+            obj.name.clone(),
+            site.to_owned(),
+            obj.size as i64,
+        );
+        let sha256 = obj.hash.clone();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let (bucket, name, site, size) = row;
+                sqlx::query(
+                    "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, created_at, updated_at)
+                     VALUES ($1,$2,$3,'C',$4,$5,$6,$6) ON CONFLICT (bucket, name, site) DO NOTHING",
+                )
+                .bind(bucket)
+                .bind(name)
+                .bind(site)
+                .bind(size)
+                .bind(sha256)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// A pull ended without storing a copy: forget the COPYING row it left. Looked up first, so
@@ -286,39 +313,27 @@ impl MetaStore {
         source: &str,
         announced: (u64, Option<&str>),
     ) -> Result<()> {
-        let now = now_ms();
-        let copied = sqlx::query(
-            "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, created_at, updated_at)
-             SELECT bucket, name, $3, 'A', bytes, sha256, adler32, $5, $5 FROM replicas
-             WHERE bucket = $1 AND name = $2 AND site = $4
-             ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
-             sha256 = excluded.sha256, adler32 = excluded.adler32, updated_at = excluded.updated_at",
-        )
-        .bind(bucket)
-        .bind(name)
-        .bind(peer)
-        .bind(source)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        if copied.rows_affected() > 0 {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, created_at, updated_at)
-             VALUES ($1,$2,$3,'A',$4,$5,$6,$6)
-             ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
-             sha256 = excluded.sha256, updated_at = excluded.updated_at",
-        )
-        .bind(bucket)
-        .bind(name)
-        .bind(peer)
-        .bind(announced.0 as i64)
-        .bind(announced.1)
-        .bind(now)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let row = (
+            bucket.to_owned(),
+            name.to_owned(),
+            peer.to_owned(),
+            source.to_owned(),
+        );
+        let (size, sha256) = (announced.0, announced.1.map(str::to_owned));
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let (bucket, name, peer, source) = row;
+                learn_copy_in(
+                    tx,
+                    (&bucket, &name),
+                    &peer,
+                    &source,
+                    (size, sha256.as_deref()),
+                )
+                .await
+            })
+        })
+        .await
     }
 
     /// Startup: READY objects without a row get one (adler32 is filled in by the scrubber),
@@ -968,4 +983,47 @@ impl MetaStore {
         .await?;
         rows.iter().map(super::object_from_row).collect()
     }
+}
+
+/// [`MetaStore::learn_copy`] inside a transaction.
+async fn learn_copy_in(
+    tx: &mut sqlx::SqliteConnection,
+    (bucket, name): (&str, &str),
+    peer: &str,
+    source: &str,
+    announced: (u64, Option<&str>),
+) -> Result<()> {
+    let now = now_ms();
+    let copied = sqlx::query(
+        "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, created_at, updated_at)
+         SELECT bucket, name, $3, 'A', bytes, sha256, adler32, $5, $5 FROM replicas
+         WHERE bucket = $1 AND name = $2 AND site = $4
+         ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
+         sha256 = excluded.sha256, adler32 = excluded.adler32, updated_at = excluded.updated_at",
+    )
+    .bind(bucket)
+    .bind(name)
+    .bind(peer)
+    .bind(source)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if copied.rows_affected() > 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, created_at, updated_at)
+         VALUES ($1,$2,$3,'A',$4,$5,$6,$6)
+         ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
+         sha256 = excluded.sha256, updated_at = excluded.updated_at",
+    )
+    .bind(bucket)
+    .bind(name)
+    .bind(peer)
+    .bind(announced.0 as i64)
+    .bind(announced.1)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 
 use super::MetaStore;
 use crate::error::Result;
@@ -76,6 +76,16 @@ fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
     }
 }
 
+fn inbox_from_row(r: &SqliteRow, self_site: &str) -> InboxRow {
+    let from: String = r.get("from_site");
+    InboxRow {
+        seq: r.get("seq"),
+        order: order_from_row(r, &from, self_site),
+        attempts: r.get::<i64, _>("attempts") as u32,
+        created: r.get("created"),
+    }
+}
+
 fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
     let to: String = r.get("to_site");
     OutboxRow {
@@ -87,7 +97,7 @@ fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
 }
 
 /// Queues orders (source side) and marks their objects PENDING for each peer.
-pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -> Result<()> {
+pub async fn insert_orders(tx: &mut SqliteConnection, orders: &[Order]) -> Result<()> {
     for o in orders {
         insert_order(tx, o, None).await?;
     }
@@ -99,7 +109,7 @@ pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -
 /// transaction of the change that caused them, so that row is the version the order is for. A
 /// CREATE's last-modified is the version's creation, any other order's the time it was queued.
 async fn insert_order(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     o: &Order,
     version: Option<(&str, i64)>,
 ) -> Result<()> {
@@ -124,7 +134,7 @@ async fn insert_order(
     .bind(version.map(|v| v.0))
     .bind(version.map(|v| v.1))
     .bind(o.version_time)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if let Some(object) = &o.object_name {
         set_status(tx, &o.bucket_name, object, &o.to_site, "PENDING").await?;
@@ -136,7 +146,7 @@ async fn insert_order(
 /// One tombstone a name, the newest deleted version: an order's version that is older, or
 /// that one, is superseded (see `MetaStore::deleted_here`).
 pub(crate) async fn record_tombstone(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     bucket: &str,
     name: &str,
     hash: &str,
@@ -153,13 +163,13 @@ pub(crate) async fn record_tombstone(
     .bind(hash)
     .bind(version_time)
     .bind(now_ms())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn set_status(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     bucket: &str,
     object: &str,
     site: &str,
@@ -174,23 +184,18 @@ async fn set_status(
     .bind(site)
     .bind(status)
     .bind(now_ms())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn record_event(
-    tx: &mut Transaction<'_, Sqlite>,
-    site: &str,
-    kind: &str,
-    bytes: i64,
-) -> Result<()> {
+async fn record_event(tx: &mut SqliteConnection, site: &str, kind: &str, bytes: i64) -> Result<()> {
     sqlx::query("INSERT INTO replication_events (at, site, kind, bytes) VALUES ($1,$2,$3,$4)")
         .bind(now_ms())
         .bind(site)
         .bind(kind)
         .bind(bytes)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -314,30 +319,25 @@ impl MetaStore {
 
     /// The peer applied the order.
     pub async fn order_completed(&self, row: &OutboxRow) -> Result<()> {
-        let changing = self.changing(row_changes(std::slice::from_ref(row)));
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM outbox WHERE seq = $1")
-            .bind(row.seq)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(object) = &row.order.object_name {
-            set_status(
-                &mut tx,
-                &row.order.bucket_name,
-                object,
-                &row.order.to_site,
-                "COMPLETED",
-            )
-            .await?;
+        self.orders_completed(std::slice::from_ref(row)).await
+    }
+
+    /// The peer applied these orders: one grouped write for all of them.
+    pub async fn orders_completed(&self, rows: &[OutboxRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
         }
-        record_event(
-            &mut tx,
-            &row.order.to_site,
-            "COMPLETED",
-            row.order.size.unwrap_or(0) as i64,
-        )
+        let changing = self.changing(row_changes(rows));
+        let rows = rows.to_vec();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                for row in &rows {
+                    complete_in_tx(tx, row).await?;
+                }
+                Ok(())
+            })
+        })
         .await?;
-        tx.commit().await?;
         changing.done();
         Ok(())
     }
@@ -737,30 +737,44 @@ impl MetaStore {
     /// cannot re-create a bucket deleted after it. The claim is a lease: a crashed worker's
     /// order is claimable again once it expires.
     pub async fn claim_inbox(&self, self_site: &str, lease_ms: i64) -> Result<Option<InboxRow>> {
-        let now = now_ms();
-        let row = sqlx::query(
-            "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq = (
-                SELECT i.seq FROM inbox i
-                WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
-                AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
-                                AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
-                                AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
-                ORDER BY i.seq LIMIT 1)
-             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time",
-        )
-        .bind(now + lease_ms)
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.map(|r| {
-            let from: String = r.get("from_site");
-            InboxRow {
-                seq: r.get("seq"),
-                order: order_from_row(&r, &from, self_site),
-                attempts: r.get::<i64, _>("attempts") as u32,
-                created: r.get("created"),
-            }
-        }))
+        Ok(self.claim_inbox_batch(self_site, lease_ms, 1).await?.pop())
+    }
+
+    /// [`MetaStore::claim_inbox`] for up to `limit` orders at once, in one grouped write. The
+    /// candidates are chosen on the rows as they were before the claim, so two orders of one
+    /// object are never claimed together (the later one still sees the earlier one open).
+    pub async fn claim_inbox_batch(
+        &self,
+        self_site: &str,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<InboxRow>> {
+        let self_site = self_site.to_owned();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                let now = now_ms();
+                let rows = sqlx::query(
+                    "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq IN (
+                        SELECT i.seq FROM inbox i
+                        WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
+                        AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
+                                        AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
+                                        AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
+                        ORDER BY i.seq LIMIT $3)
+                     RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time",
+                )
+                .bind(now + lease_ms)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut claimed: Vec<InboxRow> =
+                    rows.iter().map(|r| inbox_from_row(r, &self_site)).collect();
+                claimed.sort_by_key(|r| r.seq);
+                Ok(claimed)
+            })
+        })
+        .await
     }
 
     /// Extends a claim while a long transfer runs.
@@ -774,14 +788,19 @@ impl MetaStore {
     }
 
     pub async fn inbox_done(&self, seq: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE inbox SET state = 'DONE', finished = $1, last_error = NULL WHERE seq = $2",
-        )
-        .bind(now_ms())
-        .bind(seq)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE inbox SET state = 'DONE', finished = $1, last_error = NULL WHERE seq = $2",
+                )
+                .bind(now_ms())
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Counts a failed attempt; retried at `next_ms`, or FAILED for good when `next_ms` is None.
@@ -795,17 +814,23 @@ impl MetaStore {
             Some(n) => ("PENDING", n),
             None => ("FAILED", now_ms()),
         };
-        sqlx::query(
-            "UPDATE inbox SET state = $1, attempts = attempts + 1, next_attempt = $2, last_error = $3, finished = $4 WHERE seq = $5",
-        )
-        .bind(state)
-        .bind(next)
-        .bind(error)
-        .bind(now_ms())
-        .bind(seq)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let error = error.to_owned();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE inbox SET state = $1, attempts = attempts + 1, next_attempt = $2, last_error = $3, finished = $4 WHERE seq = $5",
+                )
+                .bind(state)
+                .bind(next)
+                .bind(error)
+                .bind(now_ms())
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Whether a later order for the same object is waiting (an earlier CREATE is superseded).
@@ -827,6 +852,19 @@ impl MetaStore {
     }
 }
 
+/// Removes a completed order, marks its object COMPLETED for the peer and counts it.
+async fn complete_in_tx(tx: &mut SqliteConnection, row: &OutboxRow) -> Result<()> {
+    sqlx::query("DELETE FROM outbox WHERE seq = $1")
+        .bind(row.seq)
+        .execute(&mut *tx)
+        .await?;
+    let o = &row.order;
+    if let Some(object) = &o.object_name {
+        set_status(tx, &o.bucket_name, object, &o.to_site, "COMPLETED").await?;
+    }
+    record_event(tx, &o.to_site, "COMPLETED", o.size.unwrap_or(0) as i64).await
+}
+
 /// The objects whose replication status a change of these outbox rows touches.
 fn row_changes(rows: &[OutboxRow]) -> Vec<super::cache::Change> {
     rows.iter()
@@ -840,7 +878,7 @@ fn row_changes(rows: &[OutboxRow]) -> Vec<super::cache::Change> {
 }
 
 async fn fail_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     attempts: u32,
     error: &str,
@@ -850,7 +888,7 @@ async fn fail_in_tx(
     let queued: Option<(String, Option<i64>)> =
         sqlx::query_as("DELETE FROM outbox WHERE seq = $1 RETURNING version_id, modified")
             .bind(row.seq)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *tx)
             .await?;
     let (mut version, mut modified) = queued.unwrap_or_default();
     if version.is_empty() {
@@ -859,7 +897,7 @@ async fn fail_in_tx(
                 sqlx::query_as("SELECT id, creation FROM objects WHERE bucket = $1 AND name = $2")
                     .bind(&o.bucket_name)
                     .bind(name)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
             if let Some((id, creation)) = current {
                 version = id;
@@ -888,7 +926,7 @@ async fn fail_in_tx(
     .bind(error)
     .bind(now_ms())
     .bind(modified)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     if let Some(object) = &o.object_name {
         set_status(tx, &o.bucket_name, object, &o.to_site, "FAILED").await?;

@@ -144,6 +144,26 @@ impl Storage for FsStorage {
         }))
     }
 
+    fn adopts_files(&self) -> bool {
+        true
+    }
+
+    /// Moves a staged file (under the same data dir, so the same filesystem) into place the
+    /// way a writer commits: the file synced, then renamed, then its directory synced.
+    async fn adopt(&self, bucket: &str, key: &str, staged: &Path) -> Result<()> {
+        let (staged, target) = (staged.to_path_buf(), self.path(bucket, key));
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&staged)?.sync_all()?;
+            let dir = target.parent().expect("object path has a parent");
+            create_dir_durably(dir)?;
+            std::fs::rename(&staged, &target)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
+        .map_err(Error::from)
+    }
+
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream> {
         Ok(file_chunks(self.open_at(bucket, key, 0).await?, u64::MAX))
     }

@@ -70,6 +70,18 @@ pub trait Storage: Send + Sync {
     ) -> Result<Box<dyn ObjectWriter>> {
         self.writer(bucket, key, size_hint).await
     }
+    /// Whether [`Storage::adopt`] can take a file of this site's disk as an object's bytes.
+    fn adopts_files(&self) -> bool {
+        false
+    }
+    /// Makes the file at `staged` (on this site's disk, already verified by the caller) the
+    /// bytes of `bucket/key`, durably, without writing them again: fs moves it into place.
+    /// Backends that cannot (see [`Storage::adopts_files`]) refuse.
+    async fn adopt(&self, bucket: &str, key: &str, _staged: &std::path::Path) -> Result<()> {
+        Err(crate::error::Error::internal(format!(
+            "this storage cannot adopt a staged file for {bucket}/{key}"
+        )))
+    }
     /// Streams an object's bytes, or NotFound.
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
     /// Reads a small object whole and hashes it, in as few steps as the backend allows (fs:

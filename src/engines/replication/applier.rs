@@ -56,21 +56,41 @@ impl From<Error> for Failure {
     }
 }
 
-/// One worker: claims due orders and applies them, forever.
+/// Orders one worker applies at once: each pull runs on its own pooled keep-alive
+/// connection, and their metadata writes share group commits (see `meta::group`).
+pub const ORDERS_PER_WORKER: usize = 4;
+
+/// One worker: claims due orders (several in one write) and applies up to
+/// [`ORDERS_PER_WORKER`] of them at once, forever.
 pub async fn work(state: Replication, worker: usize) {
+    let mut running = tokio::task::JoinSet::new();
     loop {
-        match state.meta.claim_inbox(&state.site_id, LEASE_MS).await {
-            Ok(Some(row)) => apply_claimed(&state, row).await,
-            Ok(None) => {
-                tokio::select! {
-                    _ = state.service.inbox_ready.notified() => {},
-                    _ = tokio::time::sleep(IDLE) => {},
+        let room = ORDERS_PER_WORKER.saturating_sub(running.len());
+        if room > 0 {
+            match state
+                .meta
+                .claim_inbox_batch(&state.site_id, LEASE_MS, room as i64)
+                .await
+            {
+                Ok(rows) if !rows.is_empty() => {
+                    for row in rows {
+                        let state = state.clone();
+                        running.spawn(async move { apply_claimed(&state, row).await });
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(worker, "claiming orders: {e}");
+                    tokio::time::sleep(IDLE).await;
+                    continue;
                 }
             }
-            Err(e) => {
-                tracing::warn!(worker, "claiming an order: {e}");
-                tokio::time::sleep(IDLE).await;
-            }
+        }
+        tokio::select! {
+            Some(_) = running.join_next(), if !running.is_empty() => {},
+            _ = state.service.inbox_ready.notified() => {},
+            _ = tokio::time::sleep(IDLE) => {},
         }
     }
 }
@@ -390,8 +410,12 @@ async fn pull_from(
     let bucket = &o.bucket_name;
     // A large object comes by verified ranges into a resumable staging file.
     let (headers, body, staging) = match ranged::pull(state, o, name, site).await? {
-        Some((headers, staging)) => {
-            let body = staging.stream().await?;
+        Some((headers, staging, blocks)) => {
+            let body = match current {
+                // A new copy takes the staged file itself (see `objects::store_staged`).
+                None => Incoming::Staged(blocks),
+                Some(_) => Incoming::Stream(staging.stream().await?),
+            };
             (headers, body, Some(staging))
         }
         None => {
@@ -405,7 +429,7 @@ async fn pull_from(
                 o.hash.as_deref(),
             )
             .await?;
-            (headers, body, None)
+            (headers, Incoming::Stream(body), None)
         }
     };
     let obj = replica_object(o, name, &headers);
@@ -424,9 +448,18 @@ async fn pull_from(
     let origin = WriteOrigin::Replica {
         from_site: o.from_site.clone(),
     };
-    let stored = match current {
-        Some(current) => objects::replace(&state.site, current, obj, body, expected, &origin).await,
-        None => objects::store(&state.site, obj, body, expected, &origin).await,
+    let stored = match (current, body, &staging) {
+        (None, Incoming::Staged(blocks), Some(staging)) => {
+            let path = staging.path();
+            objects::store_staged(&state.site, obj, path, blocks, expected, &origin).await
+        }
+        (Some(current), Incoming::Stream(body), _) => {
+            objects::replace(&state.site, current, obj, body, expected, &origin).await
+        }
+        (None, Incoming::Stream(body), _) => {
+            objects::store(&state.site, obj, body, expected, &origin).await
+        }
+        _ => Err(Error::internal("a staged pull without its staging")),
     };
     // Stored, or the staged bytes did not verify as a whole: either way they are done.
     let staged_done = stored.is_ok()
@@ -461,6 +494,12 @@ async fn pull_from(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The bytes of a pull: a stream, or the verified staging file of a ranged pull.
+enum Incoming {
+    Stream(ByteStream),
+    Staged(crate::model::blocks::BlockHashes),
 }
 
 /// Opens `bucket/name` at `site` through its remote route (the site's own store), refusing a

@@ -3,8 +3,8 @@
 //! staging file under `<data_dir>/staging`. The staging file and the list of its verified
 //! blocks (`.blocks`, appended after the file is synced) survive a cut connection, a peer
 //! restart and a receiver restart: the next attempt fetches only the blocks not verified yet.
-//! The complete staging file then goes through the ordinary store path (whole size and
-//! SHA-256 checked against the order) and is removed.
+//! The complete staging file then becomes the copy in place (`objects::store_staged`: whole
+//! size and SHA-256 checked against the order, then adopted by the storage, no second write).
 //!
 //! A staging file belongs to one committed version (its name hashes bucket, name and the
 //! order's hash): a source only announces an object once it committed it, so nothing staged
@@ -100,6 +100,11 @@ impl Staging {
         Ok(())
     }
 
+    /// The staging file (complete once `pull` returned it).
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.file
+    }
+
     /// The staged bytes, once complete.
     pub(crate) async fn stream(&self) -> Result<ByteStream> {
         let file = tokio::fs::File::open(&self.file).await?;
@@ -138,7 +143,7 @@ pub(crate) async fn pull(
     order: &Order,
     name: &str,
     site: &str,
-) -> std::result::Result<Option<(HeaderMap, Staging)>, Failure> {
+) -> std::result::Result<Option<(HeaderMap, Staging, BlockHashes)>, Failure> {
     let cfg = &state.config.replication;
     let (Some(size), Some(hash)) = (order.size, order.hash.as_deref()) else {
         return Ok(None);
@@ -189,7 +194,8 @@ pub(crate) async fn pull(
     if let Some(failure) = pull.failed.lock().unwrap().take() {
         return Err(failure);
     }
-    Ok(Some((headers, staging)))
+    let blocks = pull.blocks;
+    Ok(Some((headers, staging, blocks)))
 }
 
 /// The source's object headers and block hashes (None: it has none for this version).

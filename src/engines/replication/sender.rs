@@ -290,9 +290,15 @@ async fn check_sent(state: &Replication, site: &str) -> Result<bool> {
             }
         };
     let mut still_running = Vec::new();
+    let mut done = Vec::new();
     for (row, status) in rows.iter().zip(statuses) {
+        if status.status == "DONE" {
+            done.push(row.clone());
+            continue;
+        }
         apply_outcome(state, site, row, status, &mut still_running).await?;
     }
+    completed(state, site, &done).await?;
     state
         .meta
         .postpone_check(&still_running, CHECK_AGAIN_MS)
@@ -308,13 +314,7 @@ async fn apply_outcome(
     running: &mut Vec<i64>,
 ) -> Result<()> {
     match status.status.as_str() {
-        "DONE" => {
-            state.meta.order_completed(row).await?;
-            crate::core::replicas::peer_applied(&state.site, &row.order).await;
-            metrics::counter!("mirrorgate_replication_completions_total", "peer" => site.to_owned()).increment(1);
-            metrics::counter!("mirrorgate_replication_bytes_total", "peer" => site.to_owned())
-                .increment(row.order.size.unwrap_or(0));
-        }
+        "DONE" => completed(state, site, std::slice::from_ref(row)).await?,
         "FAILED" => {
             let error = status.error.unwrap_or_else(|| "failed at the peer".into());
             state
@@ -330,6 +330,26 @@ async fn apply_outcome(
         "UNKNOWN" => state.meta.requeue(row.seq).await?,
         _ => running.push(row.seq),
     }
+    Ok(())
+}
+
+/// Orders the peer applied: completed in one write, their copies recorded in the catalogue
+/// (concurrently, so those writes share group commits too).
+async fn completed(state: &Replication, site: &str, rows: &[OutboxRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    state.meta.orders_completed(rows).await?;
+    futures::future::join_all(
+        rows.iter()
+            .map(|row| crate::core::replicas::peer_applied(&state.site, &row.order)),
+    )
+    .await;
+    let bytes: u64 = rows.iter().map(|r| r.order.size.unwrap_or(0)).sum();
+    metrics::counter!("mirrorgate_replication_completions_total", "peer" => site.to_owned())
+        .increment(rows.len() as u64);
+    metrics::counter!("mirrorgate_replication_bytes_total", "peer" => site.to_owned())
+        .increment(bytes);
     Ok(())
 }
 

@@ -1,0 +1,160 @@
+//! Group commit. The writes that every object makes (upload rows, block hashes, orders, inbox
+//! outcomes, catalogue rows) are handed to one committer task, which runs the writes that
+//! arrive within a short window (or up to a count) in one transaction, each in its own
+//! savepoint, and commits them with one fsync (`synchronous = FULL` is unchanged). A caller
+//! gets its answer only once the transaction holding its write committed, so nothing is
+//! acknowledged before it is durable; a write that fails rolls back to its savepoint and
+//! leaves the others of its group alone.
+//!
+//! A write handed over still runs if its caller goes away meanwhile (like a COMMIT already
+//! sent): callers that undo work when dropped must wait for the outcome (see
+//! `core::objects::store`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+/// How long the committer waits for more writes once one arrived, unless configured
+/// (`[metadata] group_commit_window_us`).
+pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
+/// Writes per transaction at most.
+const MAX_WRITES: usize = 256;
+
+/// What a write leaves for after the commit: a call that delivers its answer.
+type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
+/// A write: runs its statements and says whether they succeeded.
+type Write =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+
+/// The handle to the committer task.
+#[derive(Clone)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Write>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl GroupCommit {
+    /// Starts the committer on `pool`.
+    pub fn start(pool: SqlitePool, window: Duration) -> Self {
+        let (queue, writes) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        tokio::spawn(commit_loop(pool, writes, window, stats.clone()));
+        Self { queue, stats }
+    }
+
+    /// Runs `write` in the next group and answers once that group committed (or failed).
+    pub async fn run<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel::<Result<T>>();
+        let erased: Write = Box::new(move |conn| {
+            Box::pin(async move {
+                let outcome = write(conn).await;
+                let ok = outcome.is_ok();
+                let deliver: Deliver = Box::new(move |committed: Result<()>| {
+                    let _ = answer.send(committed.and(outcome));
+                });
+                (ok, deliver)
+            })
+        });
+        self.queue
+            .send(erased)
+            .map_err(|_| Error::internal("the group committer stopped"))?;
+        answered
+            .await
+            .map_err(|_| Error::internal("a write was dropped by the group committer"))?
+    }
+
+    /// Transactions committed and writes they held, since the start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.stats.commits.load(Ordering::Relaxed),
+            self.stats.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn commit_loop(
+    pool: SqlitePool,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    window: Duration,
+    stats: Arc<Stats>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        // What queued while the previous group committed joins at once.
+        while group.len() < MAX_WRITES {
+            match queue.try_recv() {
+                Ok(write) => group.push(write),
+                Err(_) => break,
+            }
+        }
+        let until = tokio::time::Instant::now() + window;
+        while group.len() < MAX_WRITES && !window.is_zero() {
+            match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(write)) => group.push(write),
+                _ => break,
+            }
+        }
+        let n = group.len() as u64;
+        let delivered = commit_group(&pool, group).await;
+        if delivered {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.writes.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("mirrorgate_meta_group_commits_total").increment(1);
+            metrics::counter!("mirrorgate_meta_group_writes_total").increment(n);
+        }
+    }
+}
+
+/// Runs one group in one transaction, each write in a savepoint, then answers every write
+/// with the outcome of the commit. Returns whether the transaction committed.
+async fn commit_group(pool: &SqlitePool, group: Vec<Write>) -> bool {
+    let mut delivers = Vec::with_capacity(group.len());
+    let outcome = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for write in group {
+            sqlx::query("SAVEPOINT grouped").execute(&mut *tx).await?;
+            let (ok, deliver) = write(&mut tx).await;
+            delivers.push(deliver);
+            if !ok {
+                sqlx::query("ROLLBACK TO SAVEPOINT grouped")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT grouped")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    let committed = outcome.is_ok();
+    if let Err(e) = &outcome {
+        tracing::error!("group commit failed: {e}");
+    }
+    for deliver in delivers {
+        deliver(
+            outcome
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| Error::internal(format!("group commit: {e}"))),
+        );
+    }
+    committed
+}
