@@ -108,6 +108,43 @@ async fn a_pull_of_a_corrupt_copy_is_reported_to_its_holder() {
 }
 
 #[tokio::test]
+async fn a_corrupt_small_copy_read_through_is_a_clean_error_reported_to_its_holder() {
+    let (a, b) = (Site::start("site-a", FAST), Site::start("site-b", FAST));
+    mesh(&[&a, &b]).await;
+    create_bucket(&a, "hop").await;
+    bucket_arrives(&b, "hop").await;
+    let http = reqwest::Client::new();
+    let paused = http.post(a.url("/_/backbeat/api/crr/pause")).send();
+    assert_eq!(paused.await.unwrap().status(), 200);
+    let body = data(5_000, 5);
+    put_object(&a, "hop", "small", body.clone()).await;
+    flip(&a, "hop", "small", 2_000);
+
+    // A sends the small body unhashed; B reads it whole and checks it before answering: a
+    // clean error, never a 200, and A hears of it.
+    let r = client().get(local(&b, "hop/small")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let said = header(&r, "x-clonecloudstore-error")
+        .unwrap_or("")
+        .to_owned();
+    assert!(said.contains("corrupt"), "{said}");
+    let row = declared(&a, "site-a", "small", "LOST").await;
+    assert!(
+        row["reason"].as_str().unwrap().contains("suspicious"),
+        "{row}"
+    );
+    assert!(b.metric("mirrorgate_corruption_reports_sent_total").await >= 1.0);
+    // A served it without hashing it: only its re-read found the mismatch.
+    let served = "mirrorgate_hash_mismatches_total{source=\"storage\"}";
+    assert_eq!(a.metric(served).await, 0.0);
+    assert!(
+        a.metric("mirrorgate_hash_mismatches_total{source=\"reverify\"}")
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
 async fn a_read_through_of_a_corrupt_copy_gets_it_repaired() {
     let sites = meshed_sites(&["site-a", "site-b", "site-c"], FAST).await;
     let (a, b, c) = (&sites[0], &sites[1], &sites[2]);

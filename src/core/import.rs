@@ -12,7 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::model::blocks::{BlockHasher, BlockHashes};
+use crate::core::digest::SideHashes;
+use crate::model::blocks::BlockHashes;
 
 use crate::config::Config;
 use crate::error::Result;
@@ -259,13 +260,16 @@ impl Importer<'_> {
     async fn hash_by_reading(&self, stored: &StoredObject) -> Result<(String, BlockHashes)> {
         let mut body = self.storage.read(self.bucket, &stored.key).await?;
         let mut hasher = Sha256::new();
-        let mut blocks = BlockHasher::new(self.block_size);
+        let mut side = SideHashes::new(self.block_size, Some(stored.size));
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             size += chunk.len() as u64;
+            if size > stored.size {
+                break;
+            }
             hasher.update(&chunk);
-            blocks.update(&chunk);
+            side.update(&chunk).await?;
         }
         if size != stored.size {
             return Err(crate::error::Error::storage(format!(
@@ -273,9 +277,8 @@ impl Importer<'_> {
                 self.bucket, stored.key, stored.size
             )));
         }
-        Ok((
-            crate::model::hash::encode(&hasher.finalize()),
-            blocks.finish(),
-        ))
+        let digest: [u8; 32] = hasher.finalize().into();
+        let blocks = side.finish(digest).await?.blocks;
+        Ok((crate::model::hash::encode(&digest), blocks))
     }
 }

@@ -5,6 +5,7 @@
 //! what the engines must hear about a change reaches them through [`Hooks`].
 
 pub mod buckets;
+pub mod digest;
 pub mod import;
 pub mod objects;
 pub mod replicas;

@@ -10,10 +10,11 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::Site;
-use crate::core::stream::{self, OnMismatch, Verify, VerifyBlocks};
+use crate::core::digest::SideHashes;
+use crate::core::stream::{self, OnMismatch, VerifyBlocks};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::meta::{Object, Status, VersionToDelete};
-use crate::model::blocks::{BlockHasher, BlockHashes};
+use crate::model::blocks::BlockHashes;
 use crate::model::hash;
 use crate::model::order::Action;
 use crate::model::order::WriteOrigin;
@@ -369,8 +370,7 @@ async fn receive(
         )
         .await?;
     let mut hasher = Sha256::new();
-    let mut blocks = BlockHasher::new(site.config.storage.block_size_bytes);
-    let mut adler = adler2::Adler32::new();
+    let mut side = SideHashes::new(site.config.storage.block_size_bytes, expected.size);
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk: Bytes = chunk?;
@@ -383,16 +383,17 @@ async fn receive(
             }
         }
         hasher.update(&chunk);
-        blocks.update(&chunk);
-        adler.write_slice(&chunk);
+        side.update(&chunk).await?;
         writer.write(chunk).await?;
     }
-    let actual = hash::encode(&hasher.finalize());
+    let digest: [u8; 32] = hasher.finalize().into();
+    let actual = hash::encode(&digest);
     check_expected(expected, size, &actual)?;
+    let side = side.finish(digest).await?;
     *commit_tried = true;
     writer.commit(&actual).await?;
     site.meta
-        .put_blocks(&obj.bucket, &obj.name, &actual, &blocks.finish())
+        .put_blocks(&obj.bucket, &obj.name, &actual, &side.blocks)
         .await?;
     metrics::counter!("mirrorgate_bytes_in_total").increment(size);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "in")
@@ -400,7 +401,7 @@ async fn receive(
     Ok(Received {
         size,
         sha256: actual,
-        adler32: crate::model::replica::adler32_text(adler.checksum()),
+        adler32: crate::model::replica::adler32_text(side.adler32),
     })
 }
 
@@ -490,9 +491,9 @@ pub enum Verification {
 }
 
 /// A READY object's bytes for a complete answer, verified here or not (see [`Verification`]).
-/// A small object is verified here anyway: it is read and hashed in one step before anything
-/// is sent, so a corrupt one is a clean error (500, "integrity failure") rather than a cut
-/// body, for the cost of hashing at most [`SMALL_OBJECT`] bytes twice.
+/// For a verifying peer nothing is hashed here, small objects included: the peer reads a
+/// small body whole and checks it before it answers (a corrupt one is a clean error there,
+/// reported back here, see `wire::VERIFY`).
 pub async fn read_for(
     site: &Site,
     obj: &Object,
@@ -503,7 +504,8 @@ pub async fn read_for(
         Verification::ByReceiver if obj.size > SMALL_OBJECT => {
             Ok(Payload::Stream(open_unverified(site, obj).await?))
         }
-        _ => read_verified(site, obj, op_id).await,
+        Verification::ByReceiver => read_small_unverified(site, obj, op_id).await,
+        Verification::Here => read_verified(site, obj, op_id).await,
     }
 }
 
@@ -555,12 +557,8 @@ pub async fn open_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Byt
     let raw = site.storage.read(&obj.bucket, &obj.name).await?;
     let hash = recorded_hash(obj)?;
     let on_mismatch = storage_mismatch(site, obj, &hash, op_id);
-    Ok(Box::pin(Metered::new(Box::pin(Verify::new(
-        raw,
-        &hash,
-        obj.size,
-        on_mismatch,
-    )))))
+    let verified = stream::verify_aside(raw, &hash, obj.size, on_mismatch);
+    Ok(Box::pin(Metered::new(verified)))
 }
 
 /// Reads a stored READY object for a complete answer. One of at most [`SMALL_OBJECT`] bytes is
@@ -582,32 +580,67 @@ pub async fn read_verified(site: &Site, obj: &Object, op_id: &str) -> Result<Pay
     let ticket = cache.ticket(&obj.bucket);
     let whole = site
         .storage
-        .read_whole(&obj.bucket, &obj.name, obj.size)
+        .read_whole(&obj.bucket, &obj.name, obj.size, true)
         .await?;
     let read = whole.bytes.len() as u64;
-    let problem = if read != obj.size {
-        Some(if read > obj.size {
-            format!("size mismatch: more than the expected {} bytes", obj.size)
-        } else {
-            format!("size mismatch: {read} bytes, expected {}", obj.size)
-        })
-    } else {
-        let actual = hash::encode(&whole.sha256);
+    let problem = size_problem(read, obj.size).or_else(|| {
+        let actual = hash::encode(&whole.sha256.unwrap_or_default());
         (actual != hash).then(|| format!("hash mismatch: bytes hash {actual}, expected {hash}"))
-    };
+    });
     if let Some(what) = problem {
-        storage_mismatch(site, obj, &hash, op_id)(&what);
-        return Err(Error::new(
-            Kind::Internal,
-            Origin::Storage,
-            format!("{INTEGRITY_FAILURE}: the copy of {}/{} here is corrupt ({what}); it is declared bad and will be repaired", obj.bucket, obj.name),
-        ));
+        return Err(corrupt_here(site, obj, &hash, op_id, &what));
     }
     metrics::counter!("mirrorgate_bytes_out_total").increment(read);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "out")
         .record(started.elapsed().as_secs_f64());
     cache.put_body(ticket, &obj.bucket, &obj.name, &hash, whole.bytes.clone());
     Ok(Payload::Whole(whole.bytes))
+}
+
+/// A small READY object read whole, NOT hashed, for a verifying peer: from the hot-body cache
+/// (verified bytes) or in one storage step. Only its size is checked here (free): a copy of
+/// another size is a clean error, as in [`read_verified`].
+async fn read_small_unverified(site: &Site, obj: &Object, op_id: &str) -> Result<Payload> {
+    let hash = recorded_hash(obj)?;
+    let bytes = match site
+        .meta
+        .cache()
+        .body(&obj.bucket, &obj.name, &hash, obj.size)
+    {
+        Some(bytes) => bytes,
+        None => {
+            let whole = site
+                .storage
+                .read_whole(&obj.bucket, &obj.name, obj.size, false);
+            whole.await?.bytes
+        }
+    };
+    if let Some(what) = size_problem(bytes.len() as u64, obj.size) {
+        return Err(corrupt_here(site, obj, &hash, op_id, &what));
+    }
+    metrics::counter!("mirrorgate_bytes_out_total").increment(bytes.len() as u64);
+    Ok(Payload::Whole(bytes))
+}
+
+fn size_problem(read: u64, size: u64) -> Option<String> {
+    match read.cmp(&size) {
+        std::cmp::Ordering::Greater => Some(format!(
+            "size mismatch: more than the expected {size} bytes"
+        )),
+        std::cmp::Ordering::Less => Some(format!("size mismatch: {read} bytes, expected {size}")),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
+/// This site's copy failed a check: declared corrupt (see [`storage_mismatch`]), and the
+/// error a reader gets.
+fn corrupt_here(site: &Site, obj: &Object, hash: &str, op_id: &str, what: &str) -> Error {
+    storage_mismatch(site, obj, hash, op_id)(what);
+    Error::new(
+        Kind::Internal,
+        Origin::Storage,
+        format!("{INTEGRITY_FAILURE}: the copy of {}/{} here is corrupt ({what}); it is declared bad and will be repaired", obj.bucket, obj.name),
+    )
 }
 
 /// Streams a stored READY object as it is, NOT verified: for a peer that verifies what it

@@ -182,6 +182,133 @@ impl Stream for Verify {
     }
 }
 
+/// Chunks a [`verify_aside`] stream may run ahead of its hashing thread.
+const ASIDE_DEPTH: usize = 2;
+
+/// [`Verify`] (uncompressed) with the SHA-256 computed on a blocking thread, in parallel with
+/// the reading and the sending of the stream: each chunk passes on at once and a shared
+/// reference to it (no copy) is queued for the hashing thread, at most [`ASIDE_DEPTH`] ahead.
+/// The same guarantee as [`Verify`]: the chunk that completes the size is held until the
+/// hashing thread has the digest of every byte, so a corrupt object never completes.
+pub fn verify_aside(
+    inner: ByteStream,
+    expected_hash: &str,
+    expected_size: u64,
+    on_mismatch: OnMismatch,
+) -> ByteStream {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(ASIDE_DEPTH);
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+        }
+        <[u8; 32]>::from(hasher.finalize())
+    });
+    let aside = Aside {
+        inner,
+        tx: Some(tx),
+        hashing: Some(hashing),
+        held: None,
+        seen: 0,
+        expected_hash: expected_hash.to_owned(),
+        expected_size,
+        on_mismatch: Some(on_mismatch),
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(aside, |mut aside| async move {
+        let item = aside.next_item().await?;
+        Some((item, aside))
+    }))
+}
+
+struct Aside {
+    inner: ByteStream,
+    tx: Option<mpsc::Sender<Bytes>>,
+    hashing: Option<tokio::task::JoinHandle<[u8; 32]>>,
+    held: Option<Bytes>,
+    seen: u64,
+    expected_hash: String,
+    expected_size: u64,
+    on_mismatch: Option<OnMismatch>,
+    done: bool,
+}
+
+impl Aside {
+    async fn next_item(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            match self.inner.next().await {
+                Some(Ok(chunk)) => {
+                    self.seen += chunk.len() as u64;
+                    if self.seen > self.expected_size {
+                        let what = format!(
+                            "size mismatch: more than the expected {} bytes",
+                            self.expected_size
+                        );
+                        return Some(Err(self.fail(what)));
+                    }
+                    let queued = match &self.tx {
+                        Some(tx) => tx.send(chunk.clone()).await.is_ok(),
+                        None => false,
+                    };
+                    if !queued {
+                        self.done = true;
+                        return Some(Err(Error::internal("the hashing thread stopped")));
+                    }
+                    // As in Verify: only the chunk completing the size is held.
+                    if self.seen < self.expected_size && self.held.is_none() {
+                        return Some(Ok(chunk));
+                    }
+                    if let Some(previous) = self.held.replace(chunk) {
+                        return Some(Ok(previous));
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                None => return self.finish().await,
+            }
+        }
+    }
+
+    async fn finish(&mut self) -> Option<Result<Bytes>> {
+        self.done = true;
+        if self.seen != self.expected_size {
+            let what = format!(
+                "size mismatch: {} bytes, expected {}",
+                self.seen, self.expected_size
+            );
+            return Some(Err(self.fail(what)));
+        }
+        self.tx = None;
+        let digest = match self.hashing.take()?.await {
+            Ok(digest) => digest,
+            Err(e) => return Some(Err(Error::internal(format!("hashing thread: {e}")))),
+        };
+        let actual = hash::encode(&digest);
+        if actual != self.expected_hash {
+            let what = format!(
+                "hash mismatch: bytes hash {actual}, expected {}",
+                self.expected_hash
+            );
+            return Some(Err(self.fail(what)));
+        }
+        self.held.take().map(Ok)
+    }
+
+    fn fail(&mut self, what: String) -> Error {
+        self.done = true;
+        self.held = None;
+        if let Some(f) = self.on_mismatch.take() {
+            f(&what);
+        }
+        Error::new(Kind::Internal, Origin::Storage, what)
+    }
+}
+
 /// Forwards the bytes of whole blocks `[first, last]` of an object (read from the offset of
 /// `first`) while checking each block against its recorded SHA-256, and passes on only the
 /// part inside `[want_start, want_end)`. Each block's last piece is held back until the block
@@ -642,6 +769,64 @@ mod tests {
         assert!(failed);
         assert!(delivered < data.len(), "never a complete-looking body");
         assert!(rx.recv().unwrap().contains("hash mismatch"));
+    }
+
+    /// What a stream delivered before it ended, whether it failed, and the mismatch reported.
+    async fn outcome(
+        mut s: ByteStream,
+        reported: std::sync::mpsc::Receiver<String>,
+    ) -> (usize, bool, String) {
+        let (mut delivered, mut failed) = (0, false);
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(c) => delivered += c.len(),
+                Err(_) => failed = true,
+            }
+        }
+        (delivered, failed, reported.try_recv().unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn verify_aside_passes_good_bytes_and_withholds_the_end_of_bad_ones() {
+        let data = sample(1_000_000);
+        let good = verify_aside(
+            from_chunks(chunks(&data, 65536)),
+            &hash::of(&data),
+            data.len() as u64,
+            Box::new(|_| panic!()),
+        );
+        assert_eq!(collect(good).await.unwrap(), data);
+        let empty = verify_aside(
+            from_chunks(vec![]),
+            &hash::of(&[]),
+            0,
+            Box::new(|_| panic!()),
+        );
+        assert!(collect(empty).await.unwrap().is_empty());
+
+        let mut bad = data.clone();
+        bad[999_999] ^= 1;
+        let cases = [
+            (bad, "hash mismatch"),
+            (data[..999_000].to_vec(), "size mismatch"),
+            ([&data[..], b"x"].concat(), "size mismatch"),
+        ];
+        for (sent, why) in cases {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let s = verify_aside(
+                from_chunks(chunks(&sent, 100_000)),
+                &hash::of(&data),
+                data.len() as u64,
+                Box::new(move |w| tx.send(w.to_owned()).unwrap()),
+            );
+            let (delivered, failed, reported) = outcome(s, rx).await;
+            assert!(failed, "{why}");
+            assert!(
+                delivered < data.len(),
+                "never a complete-looking body ({why})"
+            );
+            assert!(reported.contains(why), "{reported}");
+        }
     }
 
     #[tokio::test]

@@ -141,6 +141,7 @@ impl Storage for FsStorage {
             target: self.path(bucket, key),
             pending: Vec::new(),
             pending_len: 0,
+            in_flight: None,
         }))
     }
 
@@ -168,7 +169,13 @@ impl Storage for FsStorage {
         Ok(file_chunks(self.open_at(bucket, key, 0).await?, u64::MAX))
     }
 
-    async fn read_whole(&self, bucket: &str, key: &str, limit: u64) -> Result<WholeObject> {
+    async fn read_whole(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: u64,
+        hash: bool,
+    ) -> Result<WholeObject> {
         let path = self.path(bucket, key);
         let what = format!("{bucket}/{key}");
         tokio::task::spawn_blocking(move || -> Result<WholeObject> {
@@ -185,7 +192,7 @@ impl Storage for FsStorage {
             let size = file.metadata()?.len().min(cap);
             let mut bytes = Vec::with_capacity(size as usize);
             file.take(cap).read_to_end(&mut bytes)?;
-            let sha256 = Sha256::digest(&bytes).into();
+            let sha256 = hash.then(|| Sha256::digest(&bytes).into());
             Ok(WholeObject {
                 bytes: Bytes::from(bytes),
                 sha256,
@@ -248,30 +255,37 @@ struct FsWriter {
     target: PathBuf,
     pending: Vec<Bytes>,
     pending_len: usize,
+    /// The batch being written; it owns the file meanwhile.
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
 }
 
 impl FsWriter {
-    /// Writes the gathered chunks in one blocking call, off the reactor.
+    /// Starts writing the gathered chunks in one blocking call, off the reactor, once the
+    /// previous batch is written: one batch is written while the next is received and hashed.
     async fn flush_pending(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let chunks = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::internal("writer already closed"))?;
-        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let mut file = self.written().await?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             for chunk in &chunks {
                 file.write_all(chunk)?;
             }
             Ok(file)
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
-        self.file = Some(file);
+        }));
         Ok(())
+    }
+
+    /// The file, once the batch being written (if any) is.
+    async fn written(&mut self) -> Result<std::fs::File> {
+        if let Some(write) = self.in_flight.take() {
+            return Ok(write.await.map_err(|e| Error::internal(e.to_string()))??);
+        }
+        self.file
+            .take()
+            .ok_or_else(|| Error::internal("writer already closed"))
     }
 }
 
@@ -288,10 +302,7 @@ impl ObjectWriter for FsWriter {
 
     async fn commit(mut self: Box<Self>, _sha256: &str) -> Result<()> {
         self.flush_pending().await?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::internal("writer already closed"))?;
+        let file = self.written().await?;
         let temp = self
             .temp
             .take()

@@ -28,12 +28,12 @@ pub struct StoredObject {
     pub hash: Option<String>,
 }
 
-/// An object read whole in one step, and the SHA-256 of exactly the bytes read, computed in
-/// that same step.
+/// An object read whole in one step, and (when asked for) the SHA-256 of exactly the bytes
+/// read, computed in that same step.
 #[derive(Debug, Clone)]
 pub struct WholeObject {
     pub bytes: Bytes,
-    pub sha256: [u8; 32],
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// One page of a listing; `next` continues it.
@@ -84,19 +84,27 @@ pub trait Storage: Send + Sync {
     }
     /// Streams an object's bytes, or NotFound.
     async fn read(&self, bucket: &str, key: &str) -> Result<ByteStream>;
-    /// Reads a small object whole and hashes it, in as few steps as the backend allows (fs:
-    /// open, stat, read and hash in one blocking call). Reads at most `limit + 1` bytes, so
-    /// an object found larger than `limit` comes back cut short (the caller's size check then
-    /// fails). Default: drains [`Storage::read`].
-    async fn read_whole(&self, bucket: &str, key: &str, limit: u64) -> Result<WholeObject> {
+    /// Reads a small object whole and, if `hash`, hashes it, in as few steps as the backend
+    /// allows (fs: open, stat, read and hash in one blocking call). Reads at most `limit + 1`
+    /// bytes, so an object found larger than `limit` comes back cut short (the caller's size
+    /// check then fails). Default: drains [`Storage::read`].
+    async fn read_whole(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: u64,
+        hash: bool,
+    ) -> Result<WholeObject> {
         let mut stream = self.read(bucket, key).await?;
         let mut out = Vec::new();
-        let mut hasher = Sha256::new();
+        let mut hasher = hash.then(Sha256::new);
         let cap = limit.saturating_add(1) as usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             let take = chunk.len().min(cap - out.len());
-            hasher.update(&chunk[..take]);
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk[..take]);
+            }
             out.extend_from_slice(&chunk[..take]);
             if out.len() >= cap {
                 break;
@@ -104,7 +112,7 @@ pub trait Storage: Send + Sync {
         }
         Ok(WholeObject {
             bytes: Bytes::from(out),
-            sha256: hasher.finalize().into(),
+            sha256: hasher.map(|h| h.finalize().into()),
         })
     }
     /// Streams `len` bytes of an object from offset `start` (the caller checked the range

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
@@ -492,11 +492,17 @@ async fn fetch_from(
             out.insert(HeaderName::from(name), value.clone());
         }
     }
-    let body = if partial {
+    let small =
+        !partial && !json && announced_size(&out).is_some_and(|s| s <= objects::SMALL_OBJECT);
+    let mut body = if partial {
         into_stream(resp, site.id.clone())
     } else {
         relay_body(state, target, &site.id, resp, caller.op_id, zstd, json)?
     };
+    if small {
+        let whole = whole_verified(body, &site.id).await?;
+        body = Box::pin(futures::stream::once(async move { Ok(whole) }));
+    }
     let stream: ByteStream = Box::pin(objects::Metered::new(body));
     let mut response = Response::new(Body::from_stream(stream));
     if partial {
@@ -504,6 +510,35 @@ async fn fetch_from(
     }
     *response.headers_mut() = out;
     Ok(response)
+}
+
+fn announced_size(h: &HeaderMap) -> Option<u64> {
+    h.get(SIZE)?.to_str().ok()?.parse().ok()
+}
+
+/// A small object's verified body, read whole before anything is answered: the holder sent
+/// it unhashed, and a copy that fails the check here (reported to the holder by the
+/// verifier) is then a clean error rather than a cut 200. At most `SMALL_OBJECT` bytes plus
+/// one chunk are held: the verifier fails a longer body.
+async fn whole_verified(mut body: ByteStream, site: &str) -> Result<bytes::Bytes> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => whole.extend_from_slice(&c),
+            Err(e) if e.origin == Origin::Storage => {
+                return Err(Error::upstream(
+                    Kind::BadGateway,
+                    format!(
+                        "the copy at site {site} is corrupt, no good copy could be read: {}: {}",
+                        objects::INTEGRITY_FAILURE,
+                        e.message
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(whole.freeze())
 }
 
 /// The peer's body as a stream; object bytes are wrapped in verification of the size and
