@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
 use super::MetaStore;
 use crate::error::Result;
@@ -58,7 +58,7 @@ pub struct Totals {
 const OUTBOX_COLUMNS: &str =
     "seq, op_id, to_site, client_id, bucket, object, size, hash, action, attempts, created";
 
-fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
+fn order_from_row(r: &AnyRow, from_site: &str, to_site: &str) -> Order {
     Order {
         op_id: r.get("op_id"),
         from_site: from_site.to_owned(),
@@ -74,7 +74,7 @@ fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
     }
 }
 
-fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
+fn outbox_from_row(r: &AnyRow, self_site: &str) -> OutboxRow {
     let to: String = r.get("to_site");
     OutboxRow {
         seq: r.get("seq"),
@@ -85,7 +85,7 @@ fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
 }
 
 /// Queues orders (source side) and marks their objects PENDING for each peer.
-pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -> Result<()> {
+pub async fn insert_orders(tx: &mut Transaction<'_, Any>, orders: &[Order]) -> Result<()> {
     for o in orders {
         insert_order(tx, o, None).await?;
     }
@@ -97,7 +97,7 @@ pub async fn insert_orders(tx: &mut Transaction<'_, Sqlite>, orders: &[Order]) -
 /// transaction of the change that caused them, so that row is the version the order is for. A
 /// CREATE's last-modified is the version's creation, any other order's the time it was queued.
 async fn insert_order(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     o: &Order,
     version: Option<(&str, i64)>,
 ) -> Result<()> {
@@ -129,7 +129,7 @@ async fn insert_order(
 }
 
 async fn set_status(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     bucket: &str,
     object: &str,
     site: &str,
@@ -150,7 +150,7 @@ async fn set_status(
 }
 
 async fn record_event(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     site: &str,
     kind: &str,
     bytes: i64,
@@ -334,7 +334,7 @@ impl MetaStore {
     /// Orders and bytes still owed to a peer, and the creation time of the oldest.
     pub async fn pending_totals(&self, site: Option<&str>) -> Result<(Totals, Option<i64>)> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM outbox WHERE ($1 IS NULL OR to_site = $1)",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT), MIN(created) FROM outbox WHERE ($1 IS NULL OR to_site = $1)",
         )
         .bind(site)
         .fetch_one(self.pool())
@@ -356,7 +356,7 @@ impl MetaStore {
         since_ms: i64,
     ) -> Result<Totals> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM replication_events
+            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM replication_events
              WHERE ($1 IS NULL OR site = $1) AND kind = $2 AND at >= $3",
         )
         .bind(site)
@@ -412,7 +412,12 @@ impl MetaStore {
     }
 
     /// After a crash: orders claimed by the previous run are claimable again.
+    /// With several nodes (PostgreSQL) the claims may be live ones of other nodes: they are
+    /// left to lapse instead.
     pub async fn reset_inbox_claims(&self) -> Result<u64> {
+        if self.backend() == super::Backend::Postgres {
+            return Ok(0);
+        }
         let done = sqlx::query(
             "UPDATE inbox SET state = 'PENDING', claimed_until = NULL WHERE state = 'PROCESSING'",
         )
@@ -556,7 +561,7 @@ impl MetaStore {
              ON CONFLICT (site) DO UPDATE SET paused = excluded.paused, resume_at = excluded.resume_at",
         )
         .bind(site)
-        .bind(paused)
+        .bind(i64::from(paused))
         .bind(resume_at)
         .execute(self.pool())
         .await?;
@@ -570,7 +575,7 @@ impl MetaStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), (r.get::<bool, _>(1), r.get(2))))
+            .map(|r| (r.get(0), (r.get::<i64, _>(1) != 0, r.get(2))))
             .collect())
     }
 
@@ -659,16 +664,21 @@ impl MetaStore {
     /// order is claimable again once it expires.
     pub async fn claim_inbox(&self, self_site: &str, lease_ms: i64) -> Result<Option<InboxRow>> {
         let now = now_ms();
-        let row = sqlx::query(
+        // Nodes claiming at once (PostgreSQL) skip each other's candidate instead of waiting.
+        let skip_locked = match self.backend() {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE OF i SKIP LOCKED",
+        };
+        let row = sqlx::query(&format!(
             "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq = (
                 SELECT i.seq FROM inbox i
                 WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
                 AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
-                                AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
+                                AND (j.object IS NOT DISTINCT FROM i.object OR j.object IS NULL OR i.object IS NULL)
                                 AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
-                ORDER BY i.seq LIMIT 1)
-             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created",
-        )
+                ORDER BY i.seq LIMIT 1{skip_locked})
+             RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created"
+        ))
         .bind(now + lease_ms)
         .bind(now)
         .fetch_optional(self.pool())
@@ -737,7 +747,7 @@ impl MetaStore {
         object: Option<&str>,
     ) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM inbox WHERE bucket = $1 AND object IS $2 AND seq > $3",
+            "SELECT COUNT(*) FROM inbox WHERE bucket = $1 AND object IS NOT DISTINCT FROM $2 AND seq > $3",
         )
         .bind(bucket)
         .bind(object)
@@ -761,7 +771,7 @@ fn row_changes(rows: &[OutboxRow]) -> Vec<super::cache::Change> {
 }
 
 async fn fail_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     row: &OutboxRow,
     attempts: u32,
     error: &str,
@@ -788,14 +798,19 @@ async fn fail_in_tx(
             }
         }
     }
-    sqlx::query(
+    // A renewed entry takes the next id (listed first again). PostgreSQL draws it from the
+    // column's sequence, which MAX(id) + 1 would collide with later.
+    let next_id = match super::Backend::of_conn(tx) {
+        super::Backend::Sqlite => "(SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
+        super::Backend::Postgres => "nextval(pg_get_serial_sequence('failed_ops', 'id'))",
+    };
+    sqlx::query(&format!(
         "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at, modified)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
          ON CONFLICT (bucket, object, version_id, action, site) DO UPDATE SET op_id = excluded.op_id,
          size = excluded.size, hash = excluded.hash, attempts = excluded.attempts, error = excluded.error,
-         failed_at = excluded.failed_at, modified = excluded.modified,
-         id = (SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
-    )
+         failed_at = excluded.failed_at, modified = excluded.modified, id = {next_id}"
+    ))
     .bind(&o.op_id)
     .bind(&o.to_site)
     .bind(&o.client_id)
@@ -818,7 +833,7 @@ async fn fail_in_tx(
     Ok(())
 }
 
-fn failed_from_row(r: &SqliteRow, self_site: &str) -> FailedOp {
+fn failed_from_row(r: &AnyRow, self_site: &str) -> FailedOp {
     let site: String = r.get("site");
     FailedOp {
         id: r.get("id"),

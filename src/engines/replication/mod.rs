@@ -129,6 +129,10 @@ async fn janitor(state: Replication) {
     let retention_ms = state.config.replication.failed_retention_hours as i64 * 3_600_000;
     loop {
         let before = now_ms() - retention_ms;
+        if !state.meta.lead("janitor").await {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            continue;
+        }
         match state.meta.prune_failed(before).await {
             Ok(n) if n > 0 => {
                 tracing::info!(pruned = n, "failed operations past retention removed")
