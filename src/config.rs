@@ -172,6 +172,19 @@ pub struct SiteConfig {
     pub public_url: String,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// This node's name among the nodes of one site sharing a PostgreSQL metadata database:
+    /// it labels the leases the node holds. Empty means the host name.
+    #[serde(default)]
+    pub node_id: String,
+    /// How long a node's claim on shared work (a task, a peer's outbox, a singleton such as
+    /// the scheduler) lasts unrenewed, in milliseconds: how soon another node of the site
+    /// takes over the work of a node that died.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    30_000
 }
 
 impl Default for SiteConfig {
@@ -181,7 +194,24 @@ impl Default for SiteConfig {
             listen: default_listen(),
             public_url: String::new(),
             data_dir: default_data_dir(),
+            node_id: String::new(),
+            lease_ms: default_lease_ms(),
         }
+    }
+}
+
+impl SiteConfig {
+    /// `node_id`, defaulting to the host name (then "node").
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into())
     }
 }
 
@@ -226,9 +256,13 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
-    /// `sqlite://PATH`; empty means `sqlite://<data_dir>/meta.db`.
+    /// `sqlite://PATH` (empty means `sqlite://<data_dir>/meta.db`), or
+    /// `postgres://user:password@host:port/database` for a site of several nodes.
     #[serde(default)]
     pub url: String,
+    /// Connections to the database this node keeps at most (PostgreSQL; SQLite uses 8).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
     /// Most entries (bucket, grant, object and replication-status rows, negative answers
     /// included) the in-process metadata cache holds; when full, about a quarter are dropped.
     /// 0 disables the cache.
@@ -256,6 +290,7 @@ impl Default for MetadataConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            pool_size: default_pool_size(),
             cache_max_entries: default_cache_max_entries(),
             cache_ttl_ms: default_cache_ttl_ms(),
             body_cache_bytes: default_body_cache_bytes(),
@@ -263,6 +298,10 @@ impl Default for MetadataConfig {
             group_commit_window_us: default_group_commit_window_us(),
         }
     }
+}
+
+fn default_pool_size() -> u32 {
+    16
 }
 
 fn default_cache_max_entries() -> usize {
@@ -960,6 +999,25 @@ mod tests {
         ))
         .unwrap();
         Config::parse(include_str!("../config/default.toml")).unwrap();
+    }
+
+    #[test]
+    fn the_multi_node_examples_parse() {
+        for text in [
+            include_str!("../config/multi-node/node-1.toml"),
+            include_str!("../config/multi-node/node-2.toml"),
+            include_str!("../config/multi-node/node-3.toml"),
+        ] {
+            let c = Config::parse(text).unwrap();
+            assert!(c.metadata_url().starts_with("postgres://"));
+            assert!(c.site.node_id().starts_with("node-"));
+        }
+        let compose = include_str!("../config/compose-node.toml")
+            .replace("MIRRORGATE_JWT_SECRET", "MIRRORGATE_TEST_COMPOSE_SECRET");
+        std::env::set_var("MIRRORGATE_TEST_COMPOSE_SECRET", "x".repeat(64));
+        let c = Config::parse(&compose).unwrap();
+        assert_eq!(c.metadata.pool_size, 16);
+        assert!(!c.site.node_id().is_empty(), "defaults to the host name");
     }
 
     #[test]

@@ -47,7 +47,8 @@ impl AppState {
         std::fs::create_dir_all(&config.site.data_dir)?;
         let meta = MetaStore::open_config(&config.metadata_url(), &config.metadata)
             .await?
-            .with_local_site(&config.site.id);
+            .with_local_site(&config.site.id)
+            .with_node(&config.site.node_id(), config.site.lease_ms);
         let storage = crate::storage::open(&config).await?;
         let connect_timeout = Duration::from_millis(config.topology.peer_timeout_ms);
         let stall = Duration::from_secs(config.replication.peer_stall_timeout_secs.max(1));

@@ -446,7 +446,7 @@ async fn a_connection_left_inside_a_transaction_is_not_reused() {
     let meta = mirrorgate::meta::MetaStore::open(&url).await.unwrap();
     for _ in 0..3 {
         let mut conn = meta.pool().acquire().await.unwrap();
-        sqlx::sqlite::SqliteTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into()))
+        sqlx::any::AnyTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into()))
             .await
             .unwrap();
         drop(conn); // back to the pool, in a transaction, with no Transaction to end it

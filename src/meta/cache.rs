@@ -82,21 +82,24 @@ impl Change {
         }
     }
 
-    /// A text form for a database notification (`O`, `R`, `G`, `B` or `*`, then the names,
-    /// separated by NUL characters, which no bucket, client or object name contains).
+    /// A text form for a database notification: a JSON array of a letter (`O`, `R`, `G`, `B`
+    /// or `*`) and the names, as the PostgreSQL triggers build it with `json_build_array`
+    /// (a notification cannot carry a NUL, and names may contain any other character).
     pub fn to_payload(&self) -> String {
-        match self {
-            Change::Object { bucket, name } => format!("O\0{bucket}\0{name}"),
-            Change::Rights { client, bucket } => format!("R\0{client}\0{bucket}"),
-            Change::BucketRights { bucket } => format!("G\0{bucket}"),
-            Change::Bucket { bucket } => format!("B\0{bucket}"),
-            Change::All => "*".into(),
-        }
+        let parts: Vec<&str> = match self {
+            Change::Object { bucket, name } => vec!["O", bucket, name],
+            Change::Rights { client, bucket } => vec!["R", client, bucket],
+            Change::BucketRights { bucket } => vec!["G", bucket],
+            Change::Bucket { bucket } => vec!["B", bucket],
+            Change::All => vec!["*"],
+        };
+        serde_json::to_string(&parts).unwrap_or_else(|_| "[\"*\"]".into())
     }
 
     /// Reads [`Change::to_payload`]'s form; anything unreadable is [`Change::All`] (safe).
     pub fn from_payload(text: &str) -> Self {
-        let parts: Vec<&str> = text.split('\0').collect();
+        let parts: Vec<String> = serde_json::from_str(text).unwrap_or_default();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
         match parts.as_slice() {
             ["O", bucket, name] => Change::object(bucket, name),
             ["R", client, bucket] => Change::Rights {
@@ -651,6 +654,11 @@ mod tests {
         ] {
             assert_eq!(Change::from_payload(&change.to_payload()), change);
         }
+        // As a PostgreSQL trigger writes it (json_build_array puts spaces after commas).
+        assert_eq!(
+            Change::from_payload(r#"["O", "b", "a\"b"]"#),
+            Change::object("b", "a\"b")
+        );
         assert_eq!(Change::from_payload("garbage"), Change::All);
     }
 

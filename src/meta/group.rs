@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
+use super::Backend;
 use crate::error::{Error, Result};
 
 /// How long the committer waits for more writes once one arrived, unless configured
@@ -30,7 +31,7 @@ const MAX_WRITES: usize = 256;
 type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
 /// A write: runs its statements and says whether they succeeded.
 type Write =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
+    Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, (bool, Deliver)> + Send>;
 
 /// The handle to the committer task.
 #[derive(Clone)]
@@ -47,10 +48,10 @@ struct Stats {
 
 impl GroupCommit {
     /// Starts the committer on `pool`.
-    pub fn start(pool: SqlitePool, window: Duration) -> Self {
+    pub fn start(pool: AnyPool, backend: Backend, window: Duration) -> Self {
         let (queue, writes) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        tokio::spawn(commit_loop(pool, writes, window, stats.clone()));
+        tokio::spawn(commit_loop(pool, backend, writes, window, stats.clone()));
         Self { queue, stats }
     }
 
@@ -58,7 +59,7 @@ impl GroupCommit {
     pub async fn run<T, F>(&self, write: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T>>();
         let erased: Write = Box::new(move |conn| {
@@ -89,7 +90,8 @@ impl GroupCommit {
 }
 
 async fn commit_loop(
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     mut queue: mpsc::UnboundedReceiver<Write>,
     window: Duration,
     stats: Arc<Stats>,
@@ -111,7 +113,7 @@ async fn commit_loop(
             }
         }
         let n = group.len() as u64;
-        let delivered = commit_group(&pool, group).await;
+        let delivered = commit_group(&pool, backend, group).await;
         if delivered {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.writes.fetch_add(n, Ordering::Relaxed);
@@ -123,10 +125,10 @@ async fn commit_loop(
 
 /// Runs one group in one transaction, each write in a savepoint, then answers every write
 /// with the outcome of the commit. Returns whether the transaction committed.
-async fn commit_group(pool: &SqlitePool, group: Vec<Write>) -> bool {
+async fn commit_group(pool: &AnyPool, backend: Backend, group: Vec<Write>) -> bool {
     let mut delivers = Vec::with_capacity(group.len());
     let outcome = async {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = super::begin_write(pool, backend).await?;
         for write in group {
             sqlx::query("SAVEPOINT grouped").execute(&mut *tx).await?;
             let (ok, deliver) = write(&mut tx).await;

@@ -48,7 +48,7 @@ impl MetaStore {
 /// transaction: a serving site lists it at once, and can declare it BAD if its bytes do not
 /// match. adler32 is left to the scrubber (the bytes may not have been read).
 async fn catalogue_copy(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     obj: &Object,
 ) -> Result<()> {
     let now = super::replication::now_ms();

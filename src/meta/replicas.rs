@@ -2,8 +2,8 @@
 //! peers' copies, declarations (bad, suspicious, temporarily unavailable) with the repair queue
 //! they drive, and the scrubber's cursor.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, QueryBuilder, Row, Transaction};
 
 use super::cache::{Change, Changing};
 use super::replication::now_ms;
@@ -52,7 +52,7 @@ pub struct Repair {
     pub attempts: u32,
 }
 
-fn replica_from_row(r: &SqliteRow) -> Replica {
+fn replica_from_row(r: &AnyRow) -> Replica {
     Replica {
         bucket: r.get("bucket"),
         name: r.get("name"),
@@ -70,7 +70,7 @@ fn replica_from_row(r: &SqliteRow) -> Replica {
     }
 }
 
-fn bad_from_row(r: &SqliteRow) -> BadReplica {
+fn bad_from_row(r: &AnyRow) -> BadReplica {
     BadReplica {
         id: r.get("id"),
         bucket: r.get("bucket"),
@@ -86,7 +86,7 @@ fn bad_from_row(r: &SqliteRow) -> BadReplica {
 }
 
 async fn replica_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     bucket: &str,
     name: &str,
     site: &str,
@@ -103,7 +103,7 @@ async fn replica_in_tx(
 }
 
 async fn set_state_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     bucket: &str,
     name: &str,
     site: &str,
@@ -124,7 +124,7 @@ async fn set_state_in_tx(
 
 /// Moves the open declarations of one state to another (BAD -> RECOVERED, BAD -> LOST...).
 async fn close_bad_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     bucket: &str,
     name: &str,
     site: &str,
@@ -147,7 +147,7 @@ async fn close_bad_in_tx(
 }
 
 async fn insert_bad_in_tx(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     replica: &Replica,
     state: BadState,
     reason: Option<&str>,
@@ -409,7 +409,7 @@ impl MetaStore {
         if objects.is_empty() && buckets.is_empty() {
             return Ok(Vec::new());
         }
-        let mut q: QueryBuilder<Sqlite> =
+        let mut q: QueryBuilder<Any> =
             QueryBuilder::new(format!("SELECT {REPLICA_COLUMNS} FROM replicas WHERE ("));
         let mut terms = q.separated(" OR ");
         for (bucket, name) in objects {
@@ -427,7 +427,7 @@ impl MetaStore {
         if let Some(site) = site {
             q.push(" AND site = ").push_bind(site);
         }
-        let rows = q.build().fetch_all(self.pool()).await?;
+        let rows = super::fetch_built(&mut q, self.pool()).await?;
         Ok(rows.iter().map(replica_from_row).collect())
     }
 
@@ -906,7 +906,7 @@ impl MetaStore {
 
     /// Declarations, newest first.
     pub async fn bad_replicas(&self, filter: &BadFilter) -> Result<Vec<BadReplica>> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
             "SELECT {BAD_COLUMNS} FROM bad_replicas WHERE 1 = 1"
         ));
         if let Some(state) = filter.state {
@@ -925,7 +925,7 @@ impl MetaStore {
         if let Some(limit) = filter.limit {
             q.push(" LIMIT ").push_bind(limit);
         }
-        let rows = q.build().fetch_all(self.pool()).await?;
+        let rows = super::fetch_built(&mut q, self.pool()).await?;
         Ok(rows.iter().map(bad_from_row).collect())
     }
 
@@ -987,7 +987,7 @@ impl MetaStore {
 
 /// [`MetaStore::learn_copy`] inside a transaction.
 async fn learn_copy_in(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     (bucket, name): (&str, &str),
     peer: &str,
     source: &str,

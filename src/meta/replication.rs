@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use super::MetaStore;
 use crate::error::Result;
@@ -58,7 +58,7 @@ pub struct Totals {
 const OUTBOX_COLUMNS: &str =
     "seq, op_id, to_site, client_id, bucket, object, size, hash, action, attempts, created, version_time";
 
-fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
+fn order_from_row(r: &AnyRow, from_site: &str, to_site: &str) -> Order {
     Order {
         op_id: r.get("op_id"),
         from_site: from_site.to_owned(),
@@ -76,7 +76,7 @@ fn order_from_row(r: &SqliteRow, from_site: &str, to_site: &str) -> Order {
     }
 }
 
-fn inbox_from_row(r: &SqliteRow, self_site: &str) -> InboxRow {
+fn inbox_from_row(r: &AnyRow, self_site: &str) -> InboxRow {
     let from: String = r.get("from_site");
     InboxRow {
         seq: r.get("seq"),
@@ -86,7 +86,7 @@ fn inbox_from_row(r: &SqliteRow, self_site: &str) -> InboxRow {
     }
 }
 
-fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
+fn outbox_from_row(r: &AnyRow, self_site: &str) -> OutboxRow {
     let to: String = r.get("to_site");
     OutboxRow {
         seq: r.get("seq"),
@@ -97,7 +97,7 @@ fn outbox_from_row(r: &SqliteRow, self_site: &str) -> OutboxRow {
 }
 
 /// Queues orders (source side) and marks their objects PENDING for each peer.
-pub async fn insert_orders(tx: &mut SqliteConnection, orders: &[Order]) -> Result<()> {
+pub async fn insert_orders(tx: &mut AnyConnection, orders: &[Order]) -> Result<()> {
     for o in orders {
         insert_order(tx, o, None).await?;
     }
@@ -109,7 +109,7 @@ pub async fn insert_orders(tx: &mut SqliteConnection, orders: &[Order]) -> Resul
 /// transaction of the change that caused them, so that row is the version the order is for. A
 /// CREATE's last-modified is the version's creation, any other order's the time it was queued.
 async fn insert_order(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     o: &Order,
     version: Option<(&str, i64)>,
 ) -> Result<()> {
@@ -146,7 +146,7 @@ async fn insert_order(
 /// One tombstone a name, the newest deleted version: an order's version that is older, or
 /// that one, is superseded (see `MetaStore::deleted_here`).
 pub(crate) async fn record_tombstone(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     bucket: &str,
     name: &str,
     hash: &str,
@@ -169,7 +169,7 @@ pub(crate) async fn record_tombstone(
 }
 
 async fn set_status(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     bucket: &str,
     object: &str,
     site: &str,
@@ -189,7 +189,7 @@ async fn set_status(
     Ok(())
 }
 
-async fn record_event(tx: &mut SqliteConnection, site: &str, kind: &str, bytes: i64) -> Result<()> {
+async fn record_event(tx: &mut AnyConnection, site: &str, kind: &str, bytes: i64) -> Result<()> {
     sqlx::query("INSERT INTO replication_events (at, site, kind, bytes) VALUES ($1,$2,$3,$4)")
         .bind(now_ms())
         .bind(site)
@@ -364,7 +364,7 @@ impl MetaStore {
     /// Orders and bytes still owed to a peer, and the creation time of the oldest.
     pub async fn pending_totals(&self, site: Option<&str>) -> Result<(Totals, Option<i64>)> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM outbox WHERE ($1 IS NULL OR to_site = $1)",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT), MIN(created) FROM outbox WHERE ($1 IS NULL OR to_site = $1)",
         )
         .bind(site)
         .fetch_one(self.pool())
@@ -386,7 +386,7 @@ impl MetaStore {
         since_ms: i64,
     ) -> Result<Totals> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM replication_events
+            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM replication_events
              WHERE ($1 IS NULL OR site = $1) AND kind = $2 AND at >= $3",
         )
         .bind(site)
@@ -442,7 +442,12 @@ impl MetaStore {
     }
 
     /// After a crash: orders claimed by the previous run are claimable again.
+    /// With several nodes (PostgreSQL) the claims may be live ones of other nodes: they are
+    /// left to lapse instead.
     pub async fn reset_inbox_claims(&self) -> Result<u64> {
+        if self.backend() == super::Backend::Postgres {
+            return Ok(0);
+        }
         let done = sqlx::query(
             "UPDATE inbox SET state = 'PENDING', claimed_until = NULL WHERE state = 'PROCESSING'",
         )
@@ -634,7 +639,7 @@ impl MetaStore {
              ON CONFLICT (site) DO UPDATE SET paused = excluded.paused, resume_at = excluded.resume_at",
         )
         .bind(site)
-        .bind(paused)
+        .bind(i64::from(paused))
         .bind(resume_at)
         .execute(self.pool())
         .await?;
@@ -648,7 +653,7 @@ impl MetaStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), (r.get::<bool, _>(1), r.get(2))))
+            .map(|r| (r.get(0), (r.get::<i64, _>(1) != 0, r.get(2))))
             .collect())
     }
 
@@ -750,19 +755,24 @@ impl MetaStore {
         limit: i64,
     ) -> Result<Vec<InboxRow>> {
         let self_site = self_site.to_owned();
+        // Nodes claiming at once (PostgreSQL) skip each other's candidates instead of waiting.
+        let skip_locked = match self.backend() {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE OF i SKIP LOCKED",
+        };
         self.grouped(move |tx| {
             Box::pin(async move {
                 let now = now_ms();
-                let rows = sqlx::query(
+                let rows = sqlx::query(&format!(
                     "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq IN (
                         SELECT i.seq FROM inbox i
                         WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
                         AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
-                                        AND (j.object IS i.object OR j.object IS NULL OR i.object IS NULL)
+                                        AND (j.object IS NOT DISTINCT FROM i.object OR j.object IS NULL OR i.object IS NULL)
                                         AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
-                        ORDER BY i.seq LIMIT $3)
-                     RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time",
-                )
+                        ORDER BY i.seq LIMIT $3{skip_locked})
+                     RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time"
+                ))
                 .bind(now + lease_ms)
                 .bind(now)
                 .bind(limit)
@@ -841,7 +851,7 @@ impl MetaStore {
         object: Option<&str>,
     ) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM inbox WHERE bucket = $1 AND object IS $2 AND seq > $3",
+            "SELECT COUNT(*) FROM inbox WHERE bucket = $1 AND object IS NOT DISTINCT FROM $2 AND seq > $3",
         )
         .bind(bucket)
         .bind(object)
@@ -853,7 +863,7 @@ impl MetaStore {
 }
 
 /// Removes a completed order, marks its object COMPLETED for the peer and counts it.
-async fn complete_in_tx(tx: &mut SqliteConnection, row: &OutboxRow) -> Result<()> {
+async fn complete_in_tx(tx: &mut AnyConnection, row: &OutboxRow) -> Result<()> {
     sqlx::query("DELETE FROM outbox WHERE seq = $1")
         .bind(row.seq)
         .execute(&mut *tx)
@@ -878,7 +888,7 @@ fn row_changes(rows: &[OutboxRow]) -> Vec<super::cache::Change> {
 }
 
 async fn fail_in_tx(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     row: &OutboxRow,
     attempts: u32,
     error: &str,
@@ -905,14 +915,19 @@ async fn fail_in_tx(
             }
         }
     }
-    sqlx::query(
+    // A renewed entry takes the next id (listed first again). PostgreSQL draws it from the
+    // column's sequence, which MAX(id) + 1 would collide with later.
+    let next_id = match super::Backend::of_conn(tx) {
+        super::Backend::Sqlite => "(SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
+        super::Backend::Postgres => "nextval(pg_get_serial_sequence('failed_ops', 'id'))",
+    };
+    sqlx::query(&format!(
         "INSERT INTO failed_ops (op_id, site, client_id, bucket, object, version_id, size, hash, action, attempts, error, failed_at, modified)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)
          ON CONFLICT (bucket, object, version_id, action, site) DO UPDATE SET op_id = excluded.op_id,
          size = excluded.size, hash = excluded.hash, attempts = excluded.attempts, error = excluded.error,
-         failed_at = excluded.failed_at, modified = excluded.modified,
-         id = (SELECT COALESCE(MAX(id), 0) + 1 FROM failed_ops)",
-    )
+         failed_at = excluded.failed_at, modified = excluded.modified, id = {next_id}"
+    ))
     .bind(&o.op_id)
     .bind(&o.to_site)
     .bind(&o.client_id)
@@ -935,7 +950,7 @@ async fn fail_in_tx(
     Ok(())
 }
 
-fn failed_from_row(r: &SqliteRow, self_site: &str) -> FailedOp {
+fn failed_from_row(r: &AnyRow, self_site: &str) -> FailedOp {
     let site: String = r.get("site");
     FailedOp {
         id: r.get("id"),

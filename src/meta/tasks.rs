@@ -1,6 +1,6 @@
 //! Task engine, replication definitions and transfer reports in the metadata store.
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::replication::now_ms;
@@ -40,6 +40,11 @@ pub struct Task {
     pub cancel_requested: bool,
     pub params: serde_json::Value,
     pub result: Option<serde_json::Value>,
+    /// The node running it and until when its lease holds (ms).
+    #[serde(skip)]
+    pub claimed_by: Option<String>,
+    #[serde(skip)]
+    pub claimed_until: Option<i64>,
 }
 
 /// A replication definition as stored.
@@ -76,7 +81,7 @@ pub struct ReportEntry {
     pub detail: Option<String>,
 }
 
-fn task_from_row(r: &SqliteRow) -> Task {
+fn task_from_row(r: &AnyRow) -> Task {
     let json = |col: &str| {
         r.get::<Option<String>, _>(col)
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -99,10 +104,12 @@ fn task_from_row(r: &SqliteRow) -> Task {
         cancel_requested: r.get::<i64, _>("cancel_requested") != 0,
         params: json("params").unwrap_or(serde_json::Value::Null),
         result: json("result"),
+        claimed_by: r.get("claimed_by"),
+        claimed_until: r.get("claimed_until"),
     }
 }
 
-fn definition_from_row(r: &SqliteRow) -> Definition {
+fn definition_from_row(r: &AnyRow) -> Definition {
     let start: Option<i64> = r.get("schedule_start");
     Definition {
         name: r.get("name"),
@@ -206,6 +213,70 @@ impl MetaStore {
         .bind(ended)
         .bind(started)
         .bind(uuid)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Marks a task this node just moved to Running as its own for a lease (renewed by
+    /// [`MetaStore::renew_task`] while it runs).
+    pub async fn claim_task(&self, uuid: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE tasks SET claimed_by = $1, claimed_until = $2
+             WHERE uuid = $3 AND status IN ('Running','CancelRequested')
+             AND (claimed_by IS NULL OR claimed_by = $1)",
+        )
+        .bind(self.node_id())
+        .bind(now_ms() + self.lease_ms())
+        .bind(uuid)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Extends this node's lease on a running task; false when it is no longer this node's.
+    pub async fn renew_task(&self, uuid: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE tasks SET claimed_until = $1
+             WHERE uuid = $2 AND claimed_by = $3 AND status IN ('Running','CancelRequested')",
+        )
+        .bind(now_ms() + self.lease_ms())
+        .bind(uuid)
+        .bind(self.node_id())
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Running tasks whose node stopped renewing their lease (it died); with `own`, also
+    /// those an earlier run of this very node left.
+    pub async fn lapsed_tasks(&self, own: bool) -> Result<Vec<Task>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE status IN ('Running','CancelRequested')
+             AND (claimed_until IS NULL OR claimed_until < $1 OR ($2 = 1 AND claimed_by = $3))
+             ORDER BY instance",
+        )
+        .bind(now_ms())
+        .bind(i64::from(own))
+        .bind(self.node_id())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(task_from_row).collect())
+    }
+
+    /// Takes over a lapsed task (compare-and-set on the claim [`MetaStore::lapsed_tasks`]
+    /// saw), its progress counted again from zero since it runs again from the start.
+    pub async fn adopt_task(&self, task: &Task) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE tasks SET claimed_by = $1, claimed_until = $2, objects_done = 0, bytes_done = 0
+             WHERE uuid = $3 AND status IN ('Running','CancelRequested')
+             AND claimed_by IS NOT DISTINCT FROM $4 AND claimed_until IS NOT DISTINCT FROM $5",
+        )
+        .bind(self.node_id())
+        .bind(now_ms() + self.lease_ms())
+        .bind(&task.uuid)
+        .bind(&task.claimed_by)
+        .bind(task.claimed_until)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() > 0)
@@ -316,7 +387,7 @@ impl MetaStore {
         .bind(&d.id)
         .bind(&d.description)
         .bind(serde_json::to_string(&d.payload).unwrap_or_else(|_| "[]".into()))
-        .bind(d.enabled)
+        .bind(i64::from(d.enabled))
         .bind(&d.target)
         .bind(s.map(|s| s.start_ms))
         .bind(s.and_then(|s| s.period.clone()))
@@ -513,7 +584,7 @@ impl MetaStore {
     /// (count, bytes) of the READY objects under a prefix.
     pub async fn prefix_totals(&self, bucket: &str, prefix: &str) -> Result<(i64, i64)> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE bucket = $1 AND status = 'READY'
+            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM objects WHERE bucket = $1 AND status = 'READY'
              AND substr(name, 1, length($2)) = $2",
         )
         .bind(bucket)
@@ -530,7 +601,7 @@ pub fn definition_node_ref(id: &str) -> String {
 }
 
 async fn insert_task(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     kind: &str,
     action_id: &str,
     node_ref: &str,

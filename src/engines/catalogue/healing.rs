@@ -205,6 +205,10 @@ pub async fn declare_good(
 pub async fn healer(state: Catalogue) {
     let tick = Duration::from_millis(state.config.rucio.background_interval_ms.max(50));
     loop {
+        if !state.meta.lead("healer").await {
+            tokio::time::sleep(tick).await;
+            continue;
+        }
         match state.meta.due_repairs(&state.site_id, 16).await {
             Ok(due) if !due.is_empty() => {
                 let mut recorded = true;

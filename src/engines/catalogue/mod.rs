@@ -72,6 +72,10 @@ pub fn start(state: &Catalogue) {
 async fn housekeeping(state: Catalogue) {
     let tick = Duration::from_millis(state.config.rucio.background_interval_ms.max(50));
     loop {
+        if !state.meta.lead("reaper").await {
+            tokio::time::sleep(tick).await;
+            continue;
+        }
         if let Err(e) = reaper::reap_due(&state).await {
             tracing::warn!("tombstone reaper: {e}");
         }

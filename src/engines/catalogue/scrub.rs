@@ -112,6 +112,11 @@ async fn scrub_pass(state: &Catalogue, bytes_per_second: u64) -> Result<()> {
     let (mut bucket, mut name, pass, started) = state.meta.scrub_cursor().await?;
     let mut pacer = Pacer::new(bytes_per_second);
     loop {
+        // A slice of the pass per renewal of the lease: a node that dies leaves the cursor
+        // where its last slice ended, and the next holder continues from there.
+        if !state.meta.lead("scrubber").await {
+            return Ok(());
+        }
         let batch = state
             .meta
             .ready_objects_after(&bucket, &name, BATCH)

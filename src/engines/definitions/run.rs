@@ -52,6 +52,11 @@ struct Run<'a> {
 
 #[async_trait]
 impl Executor for DefinitionRun {
+    /// A run copies what the target lacks: run again, it copies what is still missing.
+    fn resumable(&self) -> bool {
+        true
+    }
+
     async fn run(&self, task: TaskHandle) -> Result<RunEnd> {
         let state = self.0.clone();
         let id = task.params["definition"]

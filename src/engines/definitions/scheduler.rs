@@ -21,6 +21,11 @@ pub async fn run(state: JobContext) {
 }
 
 async fn fire_due(state: &JobContext) -> crate::error::Result<()> {
+    // One node of a site fires (the compare-and-set below would also keep a due time from
+    // firing twice, the lease keeps the nodes from racing for it).
+    if !state.meta.lead("scheduler").await {
+        return Ok(());
+    }
     let now = now_ms();
     for d in state.meta.list_definitions().await? {
         let (Some(due), Some(schedule)) = (d.next_due, d.schedule.as_ref()) else {

@@ -134,6 +134,10 @@ async fn janitor(state: Replication) {
             tracing::warn!("pruning tombstones: {e}");
         }
         let before = now_ms() - retention_ms;
+        if !state.meta.lead("janitor").await {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            continue;
+        }
         match state.meta.prune_failed(before).await {
             Ok(n) if n > 0 => {
                 tracing::info!(pruned = n, "failed operations past retention removed")

@@ -161,12 +161,18 @@ impl ReplicationService {
 }
 
 /// Sends queued orders and collects outcomes until the peer has nothing due.
+/// One node of a site sends a peer's orders at a time (in order): the one holding the peer's
+/// outbox lease, renewed per batch; when it dies another node continues after the lease lapses.
 async fn send_cycle(state: &Replication, site: &str) -> Result<()> {
+    let lease = format!("outbox:{site}");
     loop {
+        if !state.meta.lead(&lease).await {
+            return Ok(());
+        }
         let sent = send_queued(state, site).await?;
         let checked = check_sent(state, site).await?;
         if !sent && !checked {
-            return Ok(());
+            return state.meta.release_lease(&lease).await;
         }
     }
 }

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::core::Site;
 use crate::engines::topology::TopologyService;
 use crate::error::{Error, Result};
+use crate::meta::replication::now_ms;
 use crate::meta::tasks::{status, Task};
 use crate::meta::MetaStore;
 
@@ -44,6 +45,13 @@ pub trait Executor: Send + Sync {
     /// status). Nothing by default.
     async fn abandoned(&self, _task: &Task) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether a run whose node died (its lease lapsed, on a site of several nodes) may run
+    /// again from the start on another node; otherwise it ends Failed, as after a crash of a
+    /// single node. No by default.
+    fn resumable(&self) -> bool {
+        false
     }
 }
 
@@ -180,8 +188,28 @@ impl TaskEngine {
         });
     }
 
-    /// After a restart: nothing stays Running; Pending tasks start.
-    pub async fn recover(&self) -> Result<()> {
+    /// After a restart: nothing stays Running; Pending tasks start. On a site of several
+    /// nodes (PostgreSQL) only the tasks of nodes that died (lapsed leases) or of this node's
+    /// previous run are recovered, now and then every half lease (see [`TaskEngine::adopt`]).
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        if self.meta.backend() == crate::meta::Backend::Postgres {
+            self.adopt(true).await?;
+            let engine = Arc::downgrade(self);
+            let every =
+                std::time::Duration::from_millis((self.meta.lease_ms() / 2).max(100) as u64);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = engine.adopt(false).await {
+                        tracing::warn!("taking over the tasks of a stopped node: {e}");
+                    }
+                }
+            });
+            return Ok(());
+        }
         for task in self.meta.active_tasks().await? {
             match task.status.as_str() {
                 status::RUNNING => {
@@ -211,6 +239,55 @@ impl TaskEngine {
 }
 
 impl TaskEngine {
+    /// Takes over the running tasks whose node stopped renewing their lease (`own`: also those
+    /// of this node's previous run): a resumable one runs again from the start here, another
+    /// ends as after a crash. Pending tasks nobody started for a lease start here.
+    async fn adopt(&self, own: bool) -> Result<()> {
+        for task in self.meta.lapsed_tasks(own).await? {
+            if !self.meta.adopt_task(&task).await? {
+                continue; // another node was faster
+            }
+            let executor = self.executor(&task.kind);
+            match executor {
+                Some(executor) if executor.resumable() && task.status == status::RUNNING => {
+                    tracing::warn!(task = %task.uuid, from = ?task.claimed_by, "running again a task whose node stopped");
+                    let meta = self.meta.clone();
+                    let span = tracing::info_span!("task", uuid = %task.uuid, kind = %task.kind);
+                    tokio::spawn(run_started(meta, task, executor).instrument(span));
+                }
+                _ => self.end_interrupted(&task).await?,
+            }
+        }
+        let stale = now_ms() - self.meta.lease_ms();
+        for task in self.meta.active_tasks().await? {
+            if task.status == status::PENDING && (own || task.created < stale) {
+                self.start(task);
+            }
+        }
+        Ok(())
+    }
+
+    /// A task found running (or cancelling) whose run is gone: Failed (Cancelled when cancel
+    /// was asked), and its executor undoes what its submission set up.
+    async fn end_interrupted(&self, task: &Task) -> Result<()> {
+        let (from, to, why) = match task.status.as_str() {
+            status::CANCEL_REQUESTED => (status::CANCEL_REQUESTED, status::CANCELLED, None),
+            _ => (
+                status::RUNNING,
+                status::FAILED,
+                Some("interrupted: the process stopped while the task ran; start it again"),
+            ),
+        };
+        if self
+            .meta
+            .transition_task(&task.uuid, &[from], to, why)
+            .await?
+        {
+            self.abandon(task).await;
+        }
+        Ok(())
+    }
+
     async fn abandon(&self, task: &Task) {
         if let Some(executor) = self.executor(&task.kind) {
             if let Err(e) = executor.abandoned(task).await {
@@ -247,7 +324,9 @@ async fn run_started(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
         params: task.params.clone(),
         meta: meta.clone(),
     };
+    let renewal = tokio::spawn(renew_claim(meta.clone(), task.uuid.clone()));
     let outcome = executor.run(handle).await;
+    renewal.abort();
     let active = [status::RUNNING, status::CANCEL_REQUESTED];
     let recorded = match outcome {
         Ok(RunEnd::Completed(result)) => {
@@ -276,6 +355,23 @@ async fn run_started(meta: MetaStore, task: Task, executor: Arc<dyn Executor>) {
     metrics::counter!("mirrorgate_tasks_finished_total", "kind" => task.kind.clone()).increment(1);
     if let Err(e) = recorded {
         tracing::error!("recording the end of task {}: {e}", task.uuid);
+    }
+}
+
+/// Claims a task this node runs and renews the claim (three times a lease) until aborted, so
+/// that the other nodes of the site leave it alone while this node lives.
+async fn renew_claim(meta: MetaStore, uuid: String) {
+    let every = std::time::Duration::from_millis((meta.lease_ms() / 3).max(50) as u64);
+    if let Err(e) = meta.claim_task(&uuid).await {
+        tracing::warn!(task = %uuid, "claiming the task: {e}");
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        match meta.renew_task(&uuid).await {
+            Ok(true) => {}
+            Ok(false) => return, // ended, or another node took it over
+            Err(e) => tracing::warn!(task = %uuid, "renewing the task's lease: {e}"),
+        }
     }
 }
 

@@ -1,0 +1,299 @@
+//! A site of several nodes: `mirrorgate serve` processes with one `[site] id`, one PostgreSQL
+//! metadata database (a throw-away cluster, tests/common/postgres.rs) and one S3 backend (the
+//! shared test S3 server), next to a site on the embedded SQLite. Skipped only when PostgreSQL
+//! is not installed outside CI (under CI=true its absence fails the run).
+
+mod common;
+#[path = "common/postgres.rs"]
+mod postgres;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use postgres::Postgres;
+use serde_json::{json, Value};
+
+/// Short leases, so that a node's death is noticed within seconds; a cache TTL far beyond
+/// the tests, so that only notifications can make a node see another node's writes.
+const NODE_EXTRA: &str = "[metadata]\ncache_ttl_ms = 600000\n";
+const LEASE_MS: u64 = 2_000;
+const FAST_RETRIES: &str =
+    "[replication]\nmax_attempts = 50\nbackoff_initial_ms = 100\nbackoff_max_ms = 500\n";
+
+/// Site A (nodes on PostgreSQL and shared S3) and what it runs on.
+struct SiteA {
+    pg: Postgres,
+    url: String,
+    _s3: s3server::S3Server,
+    s3_url: String,
+    root: tempfile::TempDir,
+}
+
+impl SiteA {
+    async fn new() -> Option<SiteA> {
+        let pg = Postgres::start()?;
+        let url = pg.database().await;
+        let root = tempfile::tempdir().unwrap();
+        let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
+        let s3_url = format!("http://{}", s3.addr);
+        Some(SiteA {
+            pg,
+            url,
+            _s3: s3,
+            s3_url,
+            root,
+        })
+    }
+
+    /// Starts node `node` of site-a.
+    fn node(&self, node: &str) -> Site {
+        let dir = self.root.path().join(node);
+        let config = format!(
+            "[site]\nid = \"site-a\"\nnode_id = \"{node}\"\nlease_ms = {LEASE_MS}\n\
+             listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}{NODE_EXTRA}url = \"{}\"\n{FAST_RETRIES}",
+            dir.display(),
+            s3server::s3_storage_config(&self.s3_url, "mg-a-"),
+            self.url
+        );
+        tokio::task::block_in_place(|| Site::spawn_with("site-a", &dir, &config))
+    }
+}
+
+/// `site`'s answer to a GET of `bucket/key`: status and body.
+async fn get(site: &Site, bucket: &str, key: &str) -> (u16, Vec<u8>) {
+    let r = client()
+        .get(site.url(&format!("/cloudclonestore/{bucket}/{key}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}
+
+/// Waits until `site` answers `want` for `bucket/key`, and answers how long it took.
+async fn until_status(site: &Site, bucket: &str, key: &str, want: u16) -> Duration {
+    let t0 = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        &format!("{key}: {want}"),
+        || async { (get(site, bucket, key).await.0 == want).then_some(()) },
+    )
+    .await;
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_node_are_read_and_deleted_through_the_other() {
+    let Some(a) = SiteA::new().await else { return };
+    let (a1, a2) = (a.node("a1"), a.node("a2"));
+    let b = Site::start("site-b", FAST_RETRIES);
+    // The topology is in the shared database: what a1 learns, a2 knows.
+    add_peer(&a1, &b).await;
+    add_peer(&b, &a2).await;
+    create_bucket(&a1, "shared").await;
+    let body = data(1024, 7);
+    put_object(&a1, "shared", "k1", body.clone()).await;
+    assert_eq!(get(&a2, "shared", "k1").await, (200, body.clone()));
+    let head = client()
+        .head(a2.url("/cloudclonestore/shared/k1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+
+    // a1 has the object cached; a delete through a2 reaches a1's cache by notification
+    // (the cache TTL is ten minutes).
+    assert_eq!(get(&a1, "shared", "k1").await.0, 200);
+    let r = client()
+        .delete(a2.url("/cloudclonestore/shared/k1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let stale_for = until_status(&a1, "shared", "k1", 404).await;
+    assert!(
+        stale_for < Duration::from_secs(2),
+        "stale for {stale_for:?}"
+    );
+
+    // And the other way round, with a new version of the name written through a2.
+    let v2 = data(1024, 8);
+    put_object(&a2, "shared", "k1", v2.clone()).await;
+    eventually(Duration::from_secs(2), "a1 sees a2's write", || async {
+        (get(&a1, "shared", "k1").await == (200, v2.clone())).then_some(())
+    })
+    .await;
+    // Replication from site-a (two nodes on PostgreSQL) to site-b (SQLite).
+    object_arrives(&b, "shared", "k1").await;
+    let at_b = client()
+        .get(b.url("/cloudclonestore/shared/k1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(at_b.bytes().await.unwrap().to_vec(), v2);
+    drop(a.pg);
+}
+
+/// Orders still owed to site-b, as node `a` reports them.
+async fn backlog(a: &Site) -> u64 {
+    let r = client()
+        .get(a.url("/_/backbeat/api/metrics/crr/site-b/pending"))
+        .send()
+        .await
+        .unwrap();
+    let pending: Value = r.json().await.unwrap();
+    pending["pending"]["results"]["count"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_replication_leaves_its_work_to_another() {
+    let Some(a) = SiteA::new().await else { return };
+    let (mut a1, a2) = (a.node("a1"), a.node("a2"));
+    let b = Site::start("site-b", FAST_RETRIES);
+    add_peer(&a1, &b).await;
+    add_peer(&b, &a2).await; // site-b pulls through a2, the node that stays
+    create_bucket(&a1, "many").await;
+    let bodies: Vec<Vec<u8>> = (0..40).map(|i| data(64 * 1024, 100 + i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        put_object(&a1, "many", &format!("o{i}"), body.clone()).await;
+    }
+    // Mid-replication: orders queued or in flight, a1 holding leases.
+    a1.kill9();
+    for (i, body) in bodies.iter().enumerate() {
+        object_arrives(&b, "many", &format!("o{i}")).await;
+        let (status, got) = get(&b, "many", &format!("o{i}")).await;
+        assert_eq!((status, got.len()), (200, body.len()));
+        assert!(got == *body, "o{i} differs at site-b");
+    }
+    eventually(Duration::from_secs(30), "outbox drained", || async {
+        (backlog(&a2).await == 0).then_some(())
+    })
+    .await;
+    // Nothing duplicated: site-b lists each object once.
+    let r = client()
+        .put(b.url("/cloudclonestore/many"))
+        .send()
+        .await
+        .unwrap();
+    let listing = r.text().await.unwrap();
+    for i in 0..40 {
+        let name = format!("\"o{i}\"");
+        assert!(listing.matches(&name).count() <= 1, "o{i} twice: {listing}");
+    }
+}
+
+fn api(site: &Site, path: &str) -> String {
+    site.url(&format!("/api{path}"))
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn task(site: &Site, id: &str) -> Value {
+    let (status, v) = send(client().get(api(site, &format!("/running-action/{id}")))).await;
+    assert_eq!(status, 200, "{v}");
+    v["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_task_leaves_the_task_to_another() {
+    let Some(a) = SiteA::new().await else { return };
+    let (mut a1, a2) = (a.node("a1"), a.node("a2"));
+    let b = Site::start("site-b", FAST_RETRIES);
+    add_peer(&a1, &b).await;
+    add_peer(&b, &a2).await;
+    create_bucket(&a1, "defs").await;
+    // Replication paused towards site-b: the run's orders wait, the run stays Running.
+    let http = client();
+    http.post(a1.url("/_/backbeat/api/crr/pause/site-b"))
+        .send()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        put_object(&a1, "defs", &format!("p/o{i}"), data(10_000, 300 + i)).await;
+    }
+    let (s, v) = send(http.post(api(&a1, "/replication-definitions")).json(
+        &json!({"name": "move", "description": "d", "payload": ["defs/p/"], "targetName": "site-b"}),
+    ))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = send(
+        http.post(api(&a1, "/running-replication-actions"))
+            .form(&[("name", "move")]),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["data"]["details"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(20), "running on a1", || async {
+        (task(&a2, &id).await["status"] == "Running").then_some(())
+    })
+    .await;
+    a1.kill9();
+    http.post(a2.url("/_/backbeat/api/crr/resume/site-b"))
+        .send()
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(60), "completed by a2", || async {
+        let t = task(&a2, &id).await;
+        (t["status"] == "Completed").then_some(t)
+    })
+    .await;
+    assert_eq!(done["progress"]["objectsTotal"], 20, "{done}");
+    for i in 0..20 {
+        object_arrives(&b, "defs", &format!("p/o{i}")).await;
+    }
+    assert!(
+        a2.log_text()
+            .contains("running again a task whose node stopped"),
+        "a2 took the task over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_due_time_across_nodes() {
+    let Some(a) = SiteA::new().await else { return };
+    let (a1, a2) = (a.node("a1"), a.node("a2"));
+    let b = Site::start("site-b", FAST_RETRIES);
+    add_peer(&a1, &b).await;
+    add_peer(&b, &a2).await;
+    create_bucket(&a1, "sched").await;
+    put_object(&a1, "sched", "one", data(100, 1)).await;
+    let start = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (s, v) = send(client().post(api(&a2, "/replication-definitions")).json(&json!({
+        "name": "tick", "description": "every second", "payload": ["sched/one"], "targetName": "site-b",
+        "schedule": {"start": {"iso8601": start}, "intervalPeriod": "Second", "intervalCount": 1}})))
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let runs = eventually(Duration::from_secs(30), "six scheduled runs", || async {
+        let (_, v) = send(client().get(api(
+            &a1,
+            "/running-actions?all=true&type=replicationActionExecutor",
+        )))
+        .await;
+        let runs: Vec<Value> = v["data"].as_array()?.clone();
+        (runs.len() >= 6).then_some(runs)
+    })
+    .await;
+    let mut due: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r["scheduledFor"].as_str())
+        .collect();
+    let n = due.len();
+    due.sort();
+    due.dedup();
+    assert_eq!(due.len(), n, "one run per due time: {runs:?}");
+    object_arrives(&b, "sched", "one").await;
+}
