@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -131,8 +134,15 @@ async fn commit_group(pool: &AnyPool, backend: Backend, group: Vec<Write>) -> bo
         let mut tx = super::begin_write(pool, backend).await?;
         for write in group {
             sqlx::query("SAVEPOINT grouped").execute(&mut *tx).await?;
-            let (ok, deliver) = write(&mut tx).await;
-            delivers.push(deliver);
+            // A write that panics loses its answer (its caller gets an error), not the
+            // committer: the site keeps writing.
+            let ok = match AssertUnwindSafe(write(&mut tx)).catch_unwind().await {
+                Ok((ok, deliver)) => {
+                    delivers.push(deliver);
+                    ok
+                }
+                Err(_) => false,
+            };
             if !ok {
                 sqlx::query("ROLLBACK TO SAVEPOINT grouped")
                     .execute(&mut *tx)
