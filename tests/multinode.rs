@@ -88,10 +88,7 @@ async fn until_status(site: &Site, bucket: &str, key: &str, want: u16) -> Durati
 async fn writes_through_one_node_are_read_and_deleted_through_the_other() {
     let Some(a) = SiteA::new().await else { return };
     let (a1, a2) = (a.node("a1"), a.node("a2"));
-    let b = Site::start("site-b", FAST_RETRIES);
-    // The topology is in the shared database: what a1 learns, a2 knows.
-    add_peer(&a1, &b).await;
-    add_peer(&b, &a2).await;
+    // No peer yet: a name deleted here is not found elsewhere either.
     create_bucket(&a1, "shared").await;
     let body = data(1024, 7);
     put_object(&a1, "shared", "k1", body.clone()).await;
@@ -101,7 +98,7 @@ async fn writes_through_one_node_are_read_and_deleted_through_the_other() {
         .send()
         .await
         .unwrap();
-    assert_eq!(head.status(), 200);
+    assert_eq!(head.status(), 204);
 
     // a1 has the object cached; a delete through a2 reaches a1's cache by notification
     // (the cache TTL is ten minutes).
@@ -125,14 +122,23 @@ async fn writes_through_one_node_are_read_and_deleted_through_the_other() {
         (get(&a1, "shared", "k1").await == (200, v2.clone())).then_some(())
     })
     .await;
-    // Replication from site-a (two nodes on PostgreSQL) to site-b (SQLite).
-    object_arrives(&b, "shared", "k1").await;
-    let at_b = client()
-        .get(b.url("/cloudclonestore/shared/k1"))
+    // Replication from site-a (two nodes on PostgreSQL) to site-b (SQLite). The topology is
+    // in the shared database: the peer added through a1 is a2's peer too.
+    let b = Site::start("site-b", FAST_RETRIES);
+    add_peer(&a1, &b).await;
+    add_peer(&b, &a2).await;
+    create_bucket(&a1, "fanned").await;
+    let v3 = data(1024, 9);
+    put_object(&a2, "fanned", "k2", v3.clone()).await;
+    object_arrives(&b, "fanned", "k2").await;
+    assert_eq!(get(&b, "fanned", "k2").await, (200, v3));
+    let r = client()
+        .delete(a1.url("/cloudclonestore/fanned/k2"))
         .send()
         .await
         .unwrap();
-    assert_eq!(at_b.bytes().await.unwrap().to_vec(), v2);
+    assert_eq!(r.status(), 204);
+    until_status(&b, "fanned", "k2", 404).await;
     drop(a.pg);
 }
 
