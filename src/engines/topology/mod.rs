@@ -120,9 +120,11 @@ pub struct TopologyService {
     misses: Option<DefaultKeyedRateLimiter<String>>,
     miss_checks: AtomicU64,
     health: DashMap<String, PeerHealth>,
-    /// The peers, when they were read and the metadata cache's topology epoch then.
-    peers: RwLock<Option<(Instant, u64, Arc<Vec<Topology>>)>>,
+    peers: RwLock<Option<PeerList>>,
 }
+
+/// The peers, when they were read and the metadata cache's topology epoch then.
+type PeerList = (Instant, u64, Arc<Vec<Topology>>);
 
 /// How long the list of peers is reused before it is read again from the metadata store.
 const PEERS_REFRESH: Duration = Duration::from_secs(5);
