@@ -37,3 +37,6 @@ CREATE TRIGGER replication_status_notify AFTER INSERT OR UPDATE OR DELETE ON rep
     FOR EACH ROW EXECUTE FUNCTION mirrorgate_notify_cache('O', 'bucket', 'object');
 CREATE TRIGGER replicas_notify AFTER INSERT OR UPDATE OR DELETE ON replicas
     FOR EACH ROW EXECUTE FUNCTION mirrorgate_notify_cache('O', 'bucket', 'name');
+-- The topology: each node reads its peers again (the payload names no row).
+CREATE TRIGGER topologies_notify AFTER INSERT OR UPDATE OR DELETE ON topologies
+    FOR EACH ROW EXECUTE FUNCTION mirrorgate_notify_cache('T');

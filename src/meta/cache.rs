@@ -66,6 +66,8 @@ pub enum Change {
     Bucket { bucket: String },
     /// Anything at all (e.g. a notification channel that lost messages).
     All,
+    /// The topology (the peers): no cached row, but whoever lists peers reads them again.
+    Topology,
 }
 
 impl Change {
@@ -92,6 +94,7 @@ impl Change {
             Change::BucketRights { bucket } => vec!["G", bucket],
             Change::Bucket { bucket } => vec!["B", bucket],
             Change::All => vec!["*"],
+            Change::Topology => vec!["T"],
         };
         serde_json::to_string(&parts).unwrap_or_else(|_| "[\"*\"]".into())
     }
@@ -110,6 +113,7 @@ impl Change {
                 bucket: (*bucket).to_owned(),
             },
             ["B", bucket] => Change::bucket(bucket),
+            ["T"] => Change::Topology,
             _ => Change::All,
         }
     }
@@ -120,7 +124,7 @@ impl Change {
             | Change::Rights { bucket, .. }
             | Change::BucketRights { bucket }
             | Change::Bucket { bucket } => Some(bucket),
-            Change::All => None,
+            Change::All | Change::Topology => None,
         }
     }
 }
@@ -210,6 +214,9 @@ pub struct MetaCache {
     bodies: DashMap<(String, String), Body>,
     body_bytes: AtomicUsize,
     epochs: Box<[AtomicU64]>,
+    /// Bumped by each [`Change::Topology`] (and [`Change::All`]): a peer list read under an
+    /// older value is stale.
+    topology_epoch: AtomicU64,
     options: CacheOptions,
     hits: Counter,
     misses: Counter,
@@ -223,11 +230,17 @@ impl MetaCache {
             bodies: DashMap::new(),
             body_bytes: AtomicUsize::new(0),
             epochs: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            topology_epoch: AtomicU64::new(0),
             options,
             hits: metrics::counter!("mirrorgate_meta_cache_hits_total"),
             misses: metrics::counter!("mirrorgate_meta_cache_misses_total"),
             entries: metrics::gauge!("mirrorgate_meta_cache_entries"),
         }
+    }
+
+    /// Changes when the topology changed (here or, by notification, through another node).
+    pub fn topology_epoch(&self) -> u64 {
+        self.topology_epoch.load(Ordering::SeqCst)
     }
 
     pub fn enabled(&self) -> bool {
@@ -245,6 +258,12 @@ impl MetaCache {
     /// The one way to tell the cache that the store changed. Call it after the change is
     /// committed (calling it more often is always safe).
     pub fn invalidate(&self, change: &Change) {
+        if matches!(change, Change::Topology | Change::All) {
+            self.topology_epoch.fetch_add(1, Ordering::SeqCst);
+            if *change == Change::Topology {
+                return;
+            }
+        }
         match change.bucket_name() {
             Some(bucket) => {
                 self.epochs[slot(bucket)].fetch_add(1, Ordering::SeqCst);
@@ -281,6 +300,7 @@ impl MetaCache {
                 .retain(|k, _| !(k.kind == Kind::Rights && k.bucket == *bucket)),
             Change::Bucket { bucket } => self.map.retain(|k, _| k.bucket != *bucket),
             Change::All => self.map.clear(),
+            Change::Topology => {}
         }
         self.entries.set(self.map.len() as f64);
     }
@@ -487,6 +507,7 @@ impl MetaCache {
             }
             Change::Bucket { bucket } => self.retain_bodies(|(b, _)| b != bucket),
             Change::All => self.retain_bodies(|_| false),
+            Change::Topology => {}
             // Rights do not change bytes (the rows decide who may read them).
             Change::Rights { .. } | Change::BucketRights { .. } => {}
         }
@@ -651,6 +672,7 @@ mod tests {
             Change::BucketRights { bucket: "b".into() },
             Change::bucket("b"),
             Change::All,
+            Change::Topology,
         ] {
             assert_eq!(Change::from_payload(&change.to_payload()), change);
         }

@@ -1051,6 +1051,7 @@ impl MetaStore {
     // ---- topology ------------------------------------------------------------------------
 
     pub async fn upsert_topology(&self, t: &Topology) -> Result<()> {
+        let changing = self.changing(vec![Change::Topology]);
         sqlx::query(
             "INSERT INTO topologies (id, name, uri, status) VALUES ($1,$2,$3,$4)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, uri = excluded.uri, status = excluded.status",
@@ -1061,11 +1062,13 @@ impl MetaStore {
         .bind(t.status.as_str())
         .execute(&self.pool)
         .await?;
+        changing.done();
         Ok(())
     }
 
     /// Adds a peer from the config unless the administration API already knows it.
     pub async fn seed_topology(&self, t: &Topology) -> Result<()> {
+        let changing = self.changing(vec![Change::Topology]);
         sqlx::query("INSERT INTO topologies (id, name, uri, status) VALUES ($1,$2,$3,$4) ON CONFLICT (id) DO NOTHING")
             .bind(&t.id)
             .bind(&t.name)
@@ -1073,6 +1076,7 @@ impl MetaStore {
             .bind(t.status.as_str())
             .execute(&self.pool)
             .await?;
+        changing.done();
         Ok(())
     }
 

@@ -120,8 +120,11 @@ pub struct TopologyService {
     misses: Option<DefaultKeyedRateLimiter<String>>,
     miss_checks: AtomicU64,
     health: DashMap<String, PeerHealth>,
-    peers: RwLock<Option<(Instant, Arc<Vec<Topology>>)>>,
+    peers: RwLock<Option<PeerList>>,
 }
+
+/// The peers, when they were read and the metadata cache's topology epoch then.
+type PeerList = (Instant, u64, Arc<Vec<Topology>>);
 
 /// How long the list of peers is reused before it is read again from the metadata store.
 const PEERS_REFRESH: Duration = Duration::from_secs(5);
@@ -261,8 +264,10 @@ impl TopologyService {
 
     /// Every peer of the topology, this site excluded, cached for a few seconds.
     async fn all_peers(&self) -> Result<Arc<Vec<Topology>>> {
-        if let Some((at, peers)) = self.peers.read().expect("peers lock").as_ref() {
-            if at.elapsed() < PEERS_REFRESH {
+        // A change through another node of the site shows as a new epoch (notification).
+        let epoch = self.meta.cache().topology_epoch();
+        if let Some((at, seen, peers)) = self.peers.read().expect("peers lock").as_ref() {
+            if at.elapsed() < PEERS_REFRESH && *seen == epoch {
                 return Ok(peers.clone());
             }
         }
@@ -274,7 +279,7 @@ impl TopologyService {
             .filter(|t| t.id != self.self_id)
             .collect();
         let peers = Arc::new(peers);
-        *self.peers.write().expect("peers lock") = Some((Instant::now(), peers.clone()));
+        *self.peers.write().expect("peers lock") = Some((Instant::now(), epoch, peers.clone()));
         Ok(peers)
     }
 
