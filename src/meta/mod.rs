@@ -465,9 +465,7 @@ impl MetaStore {
     pub(crate) async fn grouped<T, F>(&self, write: F) -> Result<T>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut sqlx::AnyConnection,
-            ) -> futures::future::BoxFuture<'c, Result<T>>
+        F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> futures::future::BoxFuture<'c, Result<T>>
             + Send
             + 'static,
     {

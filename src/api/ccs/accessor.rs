@@ -318,6 +318,12 @@ pub(crate) async fn readable_object(
     }
     match view.object {
         Some(obj) if obj.status == Status::Ready && !view.bad_here => Ok(obj),
+        // Still 404 (nothing to serve here), but a pulling peer must not take it for a source
+        // that moved on: the order waits for a good copy instead of completing without one.
+        Some(obj) if obj.status == Status::Ready => Err(Error::not_found(format!(
+            "{}: the copy of {bucket}/{name} here is declared bad; it will be repaired",
+            objects::INTEGRITY_FAILURE
+        ))),
         _ => Err(Error::not_found(format!(
             "object {bucket}/{name} not found"
         ))),

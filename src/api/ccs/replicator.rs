@@ -600,7 +600,8 @@ fn relay_error(site: &str, resp: &reqwest::Response) -> Error {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if message.starts_with(objects::INTEGRITY_FAILURE) {
+    // A 404 stays a 404 (a copy declared bad is not served; the reader goes on).
+    if message.starts_with(objects::INTEGRITY_FAILURE) && resp.status() != StatusCode::NOT_FOUND {
         return Error::upstream(
             Kind::BadGateway,
             format!("the copy at site {site} is corrupt, no good copy could be read: {message}"),

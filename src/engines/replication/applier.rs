@@ -530,6 +530,14 @@ pub(crate) async fn open_remote(
         .send()
         .await
         .map_err(|e| Failure::Transient(format!("site {site} unreachable: {e}")))?;
+    // "integrity" makes it a source that cannot serve a good copy (see source_gone): a copy
+    // it knows is corrupt (any status), or one already declared bad (404).
+    let said = resp
+        .headers()
+        .get(crate::core::wire::ERROR)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let corrupt = said.starts_with(objects::INTEGRITY_FAILURE);
     match resp.status().as_u16() {
         200 => {}
         403 => {
@@ -537,26 +545,17 @@ pub(crate) async fn open_remote(
                 "site {site} refuses client {client_id}"
             )))
         }
+        s if corrupt => {
+            return Err(Failure::Transient(format!(
+                "integrity: site {site} answered {s}: {said}"
+            )))
+        }
         404 | 410 => {
             return Err(Failure::Permanent(format!(
                 "{MOVED_ON}site {site} does not hold {bucket}/{name}"
             )))
         }
-        s => {
-            let said = resp
-                .headers()
-                .get(crate::core::wire::ERROR)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            // "integrity" makes it a source that cannot serve a good copy (see source_gone).
-            return Err(Failure::Transient(
-                if said.starts_with(objects::INTEGRITY_FAILURE) {
-                    format!("integrity: site {site} answered {s}: {said}")
-                } else {
-                    format!("site {site} answered {s}")
-                },
-            ));
-        }
+        s => return Err(Failure::Transient(format!("site {site} answered {s}"))),
     }
     let announced = resp
         .headers()
