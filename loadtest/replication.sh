@@ -280,6 +280,23 @@ for i in $(seq 0 $((N_SMALL - 1))); do
     printf '%s %s\n' "$WORK/src/$((i % 16))" "${A_NODES[$n]}/cloudclonestore/$BUCKET/small/$i" \
         >> "$WORK/small.list.$n"
 done
+# group_commits URL: "commits writes" of a node's group committer so far
+group_commits() {
+    curl -fsS "$1/metrics" | awk '$1 == "mirrorgate_meta_group_commits_total" {c = $2}
+        $1 == "mirrorgate_meta_group_writes_total" {w = $2} END {printf "%d %d\n", c, w}'
+}
+GC0=(); for u in "${A_NODES[@]}"; do GC0+=("$(group_commits "$u")"); done
+SAMPLER=""
+if [ "$NODES" = 2 ]; then
+    # What PostgreSQL's client backends are doing, every 0.2 s during phase (a) (one psql,
+    # stopped after the phase, bounded by timeout): state and wait event of each.
+    printf '%s \\watch 0.2\n' "SELECT 'sample', '' UNION ALL SELECT state,
+        COALESCE(wait_event_type || ':' || wait_event, '-') FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()" \
+        | timeout 900 "$PG_BIN/psql" -X -q -At -F '|' -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres \
+        > "$WORK/pg/activity.txt" 2>/dev/null &
+    SAMPLER=$!; PIDS+=($!)
+fi
 WRITERS=()
 SERVERS=("${PIDS[@]}")
 t0=$(now)
@@ -295,6 +312,20 @@ tw=$(now)
 te=$(wait_replicated $((base + N_SMALL)) 900)
 at_b "small/0" 1048576; at_b "small/$((N_SMALL - 1))" 1048576
 record "small $N_SMALL $((N_SMALL * 1048576)) $t0 $tw $te"
+if [ -n "$SAMPLER" ]; then
+    kill -TERM "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true
+    unset 'PIDS[-1]'; SAMPLER=""
+fi
+DIAG="$WORK/diagnostics.txt"
+for n in "${!A_NODES[@]}"; do
+    read -r c0 w0 <<< "${GC0[$n]}"; read -r c1 w1 < <(group_commits "${A_NODES[$n]}")
+    echo "A node $((n + 1)) group committer during (a): $((c1 - c0)) transactions, $((w1 - w0)) writes" >> "$DIAG"
+done
+if [ -s "$WORK/pg/activity.txt" ] 2>/dev/null; then
+    awk -F'|' '$1 == "sample" {n++; next} {k[$1 " " $2]++}
+        END {printf "PostgreSQL client backends, mean over %d samples every 0.2 s during (a):", n;
+             for (x in k) printf " %s %.2f;", x, k[x] / n; print ""}' "$WORK/pg/activity.txt" >> "$DIAG"
+fi
 
 # ---- (b) one big object --------------------------------------------------------------------
 if [ "$NODES" = 2 ] && [ "$BIG_GIB" -gt 0 ]; then
@@ -367,3 +398,4 @@ print()
 for t in targets:
     print(f"- {t}")
 PY
+[ ! -s "${DIAG:-}" ] || sed 's/^/- /' "$DIAG"
