@@ -22,6 +22,18 @@
 # >= 0.8x of the dd rate. The load average at the start and the end is printed too.
 #   MIRRORGATE_BIN=target/release/mirrorgate  KEEP=1 keeps the work directory.
 #   GROUP_WINDOW_US sets both sites' [metadata] group_commit_window_us (default: theirs).
+#
+# NODES=2 (issue 18): site A is two `mirrorgate serve` nodes (same [site] id, node_id node-1
+# and node-2) sharing one throw-away PostgreSQL cluster (initdb + pg_ctl in the work directory
+# on a free 127.0.0.1 port, default settings, fsync on; run as `nobody` when the script runs as
+# root) and one fs data directory (fs storage lives in <data_dir>/objects and the config has no
+# separate storage path: temporaries are named by UUID and the start-up sweep of <data_dir>/tmp
+# runs before any write, so the two nodes can share it). Site B stays one SQLite node and pulls
+# from node-1. The CONC clients are split in half, each half writing through one node. The end
+# condition is the same: A's Backbeat metrics, read from node-1, are site-wide (they count the
+# outbox and the replication events in the shared database). Only phase (a) runs (BIG_GIB is
+# ignored). PostgreSQL binaries: initdb and pg_ctl on PATH, else /usr/lib/postgresql/*/bin.
+#   NODES=1 (default): the single-node mode, both sites on SQLite.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +44,8 @@ BIG_GIB="${BIG_GIB:-4}"
 IPERF_SECS="${IPERF_SECS:-5}"
 DD_MIB="${DD_MIB:-1024}"
 BIN="${MIRRORGATE_BIN:-$ROOT/target/release/mirrorgate}"
+NODES="${NODES:-1}"
+case "$NODES" in 1|2) ;; *) echo "NODES must be 1 or 2" >&2; exit 2 ;; esac
 BUCKET=repl
 H="x-clonecloudstore-client-id: bench"
 
@@ -51,6 +65,24 @@ need_pkg curl curl
 need_pkg jq jq
 need_pkg python3 python3
 need_pkg openssl openssl
+pg_bin_dir() { # the directory holding initdb and pg_ctl (symlinks resolved), as the tests look
+    local d
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        dirname "$(readlink -f "$(command -v pg_ctl)")"; return 0
+    fi
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+        [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+if [ "$NODES" = 2 ]; then
+    if ! PG_BIN="$(pg_bin_dir)"; then
+        log "installing postgresql (Debian)"
+        as_root apt-get update
+        as_root apt-get install -y postgresql
+        PG_BIN="$(pg_bin_dir)" || die "no PostgreSQL server binaries (initdb, pg_ctl)"
+    fi
+fi
 if [ ! -x "$BIN" ]; then
     log "building mirrorgate (cargo build --release)"
     (cd "$ROOT" && cargo build --release)
@@ -59,6 +91,19 @@ fi
 # ---- work directory, processes, cleanup ----------------------------------------------------
 WORK="$(mktemp -d /tmp/mirrorgate-replication.XXXXXX)"
 PIDS=()
+PGDATA_DIR=""
+# as_pg CMD...: runs a PostgreSQL tool as the cluster's owner (nobody when we are root:
+# PostgreSQL refuses to run as root)
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; else "$@"; fi
+}
+stop_pg() {
+    [ -n "$PGDATA_DIR" ] && [ -f "$PGDATA_DIR/postmaster.pid" ] || return 0
+    local pid
+    pid=$(head -1 "$PGDATA_DIR/postmaster.pid" 2>/dev/null || true)
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 30 stop > /dev/null 2>&1 || true
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+}
 cleanup() {
     local rc=$?
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -66,6 +111,7 @@ cleanup() {
         for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     done
+    stop_pg
     if [ "${KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
 }
@@ -84,18 +130,44 @@ wait_http() {
     die "$1 did not come up"
 }
 
-PA=$(free_port); PB=$(free_port); PI=$(free_port)
-while [ "$PB" = "$PA" ]; do PB=$(free_port); done
-while [ "$PI" = "$PA" ] || [ "$PI" = "$PB" ]; do PI=$(free_port); done
+PORTS=()
+new_port() { # a free port none of the others picked (sets PORT; no subshell, PORTS grows)
+    while :; do
+        PORT=$(free_port)
+        [[ " ${PORTS[*]:-} " == *" $PORT "* ]] || break
+    done
+    PORTS+=("$PORT")
+}
+new_port; PA=$PORT; new_port; PB=$PORT; new_port; PI=$PORT
+new_port; PA2=$PORT; new_port; PG_PORT=$PORT   # NODES=2: A's second node, PostgreSQL
+PG_URL=""
 
-site_config() { # id port peer-id peer-port replication-enabled
-    mkdir -p "$WORK/$1"
-    cat > "$WORK/$1.toml" <<EOF
+# ---- NODES=2: a throw-away PostgreSQL cluster in the work directory --------------------------
+if [ "$NODES" = 2 ]; then
+    chmod 711 "$WORK"   # nobody must reach $WORK/pg
+    mkdir -p "$WORK/pg"
+    [ "$(id -u)" -ne 0 ] || chown nobody:nogroup "$WORK/pg"
+    PGDATA_DIR="$WORK/pg/data"
+    log "PostgreSQL ($("$PG_BIN/postgres" --version | awk '{print $3}')) in $PGDATA_DIR on 127.0.0.1:$PG_PORT"
+    as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-sync -E UTF8 \
+        > "$WORK/pg/initdb.log" 2>&1 || die "initdb failed: $(tail -5 "$WORK/pg/initdb.log")"
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$WORK/pg/server.log" -w -t 60 \
+        -o "-p $PG_PORT -k $WORK/pg -c listen_addresses=127.0.0.1 -c max_connections=100" start \
+        > /dev/null 2>&1 || die "PostgreSQL did not start: $(tail -5 "$WORK/pg/server.log" 2>/dev/null)"
+    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+fi
+
+site_config() { # id port peer-id peer-port replication-enabled [node-id data-dir metadata-url]
+    local file="$WORK/$1${6:+-$6}.toml" dir="${7:-$WORK/$1}" node_line=""
+    [ -z "${6:-}" ] || node_line="node_id = \"$6\""
+    mkdir -p "$dir"
+    cat > "$file" <<EOF
 [site]
 id = "$1"
+$node_line
 listen = "127.0.0.1:$2"
 public_url = "http://127.0.0.1:$2"
-data_dir = "$WORK/$1"
+data_dir = "$dir"
 
 [storage]
 backend = "fs"
@@ -110,21 +182,37 @@ workers = $WORKERS
 
 [auth]
 enabled = false
+
+[metadata]
 EOF
-    if [ -n "${GROUP_WINDOW_US:-}" ]; then
-        printf '\n[metadata]\ngroup_commit_window_us = %s\n' "$GROUP_WINDOW_US" >> "$WORK/$1.toml"
-    fi
+    [ -z "${8:-}" ] || printf 'url = "%s"\n' "$8" >> "$file"
+    [ -z "${GROUP_WINDOW_US:-}" ] || printf 'group_commit_window_us = %s\n' "$GROUP_WINDOW_US" >> "$file"
 }
-# A fans its writes out to B; B knows A (it pulls the bytes from A) but sends nothing back.
-site_config site-a "$PA" site-b "$PB" true
+serve() { # config-name: starts a node, logs to $WORK/<config-name>.log
+    RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$WORK/$1.toml" > "$WORK/$1.log" 2>&1 &
+    PIDS+=($!)
+}
+# A fans its writes out to B; B knows A (it pulls the bytes from A, node-1 with NODES=2) but
+# sends nothing back.
+if [ "$NODES" = 2 ]; then
+    # One data directory for both nodes: it holds the shared fs storage (objects/, tmp/).
+    site_config site-a "$PA" site-b "$PB" true node-1 "$WORK/site-a" "$PG_URL"
+    site_config site-a "$PA2" site-b "$PB" true node-2 "$WORK/site-a" "$PG_URL"
+    serve site-a-node-1
+    wait_http "http://127.0.0.1:$PA/healthz"   # node-1 migrates the database first
+    serve site-a-node-2
+    wait_http "http://127.0.0.1:$PA2/healthz"
+else
+    site_config site-a "$PA" site-b "$PB" true
+    serve site-a
+fi
 site_config site-b "$PB" site-a "$PA" false
-RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$WORK/site-a.toml" > "$WORK/site-a.log" 2>&1 &
-PIDS+=($!)
-RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$WORK/site-b.toml" > "$WORK/site-b.log" 2>&1 &
-PIDS+=($!)
+serve site-b
 wait_http "http://127.0.0.1:$PA/healthz"
 wait_http "http://127.0.0.1:$PB/healthz"
 A="http://127.0.0.1:$PA"
+A_NODES=("$A")
+[ "$NODES" = 1 ] || A_NODES+=("http://127.0.0.1:$PA2")
 METRICS="$A/_/backbeat/api/metrics/crr/site-b/all"
 
 # "pending completions failures" for site-b, as A sees them
@@ -184,21 +272,65 @@ record() { echo "$*" >> "$RESULTS"; }
 
 # ---- (a) many 1 MiB objects ----------------------------------------------------------------
 base=$(counts | cut -d' ' -f2)
-log "(a) $N_SMALL objects of 1 MiB at A, $CONC clients"
+log "(a) $N_SMALL objects of 1 MiB at A ($NODES node(s)), $CONC clients"
+# Object i goes to A's node i mod NODES; each node's list is written by CONC/NODES clients.
+for n in "${!A_NODES[@]}"; do : > "$WORK/small.list.$n"; done
 for i in $(seq 0 $((N_SMALL - 1))); do
-    printf '%s %s\n' "$WORK/src/$((i % 16))" "$A/cloudclonestore/$BUCKET/small/$i"
-done > "$WORK/small.list"
+    n=$((i % NODES))
+    printf '%s %s\n' "$WORK/src/$((i % 16))" "${A_NODES[$n]}/cloudclonestore/$BUCKET/small/$i" \
+        >> "$WORK/small.list.$n"
+done
+# group_commits URL: "commits writes" of a node's group committer so far
+group_commits() {
+    curl -fsS "$1/metrics" | awk '$1 == "mirrorgate_meta_group_commits_total" {c = $2}
+        $1 == "mirrorgate_meta_group_writes_total" {w = $2} END {printf "%d %d\n", c, w}'
+}
+GC0=(); for u in "${A_NODES[@]}"; do GC0+=("$(group_commits "$u")"); done
+SAMPLER=""
+if [ "$NODES" = 2 ]; then
+    # What PostgreSQL's client backends are doing, every 0.2 s during phase (a) (one psql,
+    # stopped after the phase, bounded by timeout): state and wait event of each.
+    printf '%s \\watch 0.2\n' "SELECT 'sample', '' UNION ALL SELECT state,
+        COALESCE(wait_event_type || ':' || wait_event, '-') FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()" \
+        | timeout 900 "$PG_BIN/psql" -X -q -At -F '|' -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres \
+        > "$WORK/pg/activity.txt" 2>/dev/null &
+    SAMPLER=$!; PIDS+=($!)
+fi
+WRITERS=()
+SERVERS=("${PIDS[@]}")
 t0=$(now)
-xargs -r -P "$CONC" -n 2 sh -c \
-    'exec curl -fsS -o /dev/null --max-time 120 -X POST -H "'"$H"'" -H "Expect:" -T "$0" "$1"' \
-    < "$WORK/small.list"
+for n in "${!A_NODES[@]}"; do
+    xargs -r -P "$(( (CONC + NODES - 1) / NODES ))" -n 2 sh -c \
+        'exec curl -fsS -o /dev/null --max-time 120 -X POST -H "'"$H"'" -H "Expect:" -T "$0" "$1"' \
+        < "$WORK/small.list.$n" &
+    WRITERS+=($!); PIDS+=($!)
+done
+for w in "${WRITERS[@]}"; do wait "$w" || die "writes at A failed"; done
+PIDS=("${SERVERS[@]}")   # the writers are gone: never signal their (reusable) ids
 tw=$(now)
 te=$(wait_replicated $((base + N_SMALL)) 900)
 at_b "small/0" 1048576; at_b "small/$((N_SMALL - 1))" 1048576
 record "small $N_SMALL $((N_SMALL * 1048576)) $t0 $tw $te"
+if [ -n "$SAMPLER" ]; then
+    kill -TERM "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true
+    unset 'PIDS[-1]'; SAMPLER=""
+fi
+DIAG="$WORK/diagnostics.txt"
+for n in "${!A_NODES[@]}"; do
+    read -r c0 w0 <<< "${GC0[$n]}"; read -r c1 w1 < <(group_commits "${A_NODES[$n]}")
+    echo "A node $((n + 1)) group committer during (a): $((c1 - c0)) transactions, $((w1 - w0)) writes" >> "$DIAG"
+done
+if [ -s "$WORK/pg/activity.txt" ] 2>/dev/null; then
+    awk -F'|' '$1 == "sample" {n++; next} {k[$1 " " $2]++}
+        END {printf "PostgreSQL client backends, mean over %d samples every 0.2 s during (a):", n;
+             for (x in k) printf " %s %.2f;", x, k[x] / n; print ""}' "$WORK/pg/activity.txt" >> "$DIAG"
+fi
 
 # ---- (b) one big object --------------------------------------------------------------------
-if [ "$BIG_GIB" -gt 0 ]; then
+if [ "$NODES" = 2 ] && [ "$BIG_GIB" -gt 0 ]; then
+    log "(b) skipped: NODES=2 runs phase (a) only"
+elif [ "$BIG_GIB" -gt 0 ]; then
     free_gib=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1048576 ))
     if [ "$free_gib" -lt 12 ]; then
         log "(b) skipped: $free_gib GiB free under $WORK, a ${BIG_GIB} GiB object needs 12 GiB (source, A's and B's copies)"
@@ -223,14 +355,19 @@ fi
 
 # ---- report --------------------------------------------------------------------------------
 LOAD_END=$(cut -d' ' -f1 /proc/loadavg)
-python3 - "$RESULTS" "$IPERF_GBS" "$CONC" "$WORKERS" "$DD_MBS" "$LOAD_START" "$LOAD_END" <<'PY'
+if [ "$NODES" = 2 ]; then
+    MODE="site A: 2 nodes on PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') (shared fs data directory), site B: 1 node on SQLite"
+else
+    MODE="site A: 1 node on SQLite, site B: 1 node on SQLite"
+fi
+python3 - "$RESULTS" "$IPERF_GBS" "$CONC" "$WORKERS" "$DD_MBS" "$LOAD_START" "$LOAD_END" "$MODE" <<'PY'
 import sys, os, datetime
 results, iperf, conc, workers = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
-dd, load_start, load_end = float(sys.argv[5]), sys.argv[6], sys.argv[7]
+dd, load_start, load_end, mode = float(sys.argv[5]), sys.argv[6], sys.argv[7], sys.argv[8]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 print()
 print(f"replication.sh, {datetime.date.today()}, {os.cpu_count()} CPUs ({cpu}), A -> B on 127.0.0.1,"
-      f" [replication] workers = {workers}, {conc} writing clients")
+      f" [replication] workers = {workers} per node, {conc} writing clients; {mode}")
 print()
 print(f"loopback TCP (iperf3, 1 stream, same run): {iperf:.2f} GB/s; disk (dd conv=fsync): {dd:.0f} MB/s;"
       f" load average {load_start} at the start, {load_end} at the end")
@@ -261,3 +398,4 @@ print()
 for t in targets:
     print(f"- {t}")
 PY
+[ ! -s "${DIAG:-}" ] || sed 's/^/- /' "$DIAG"
