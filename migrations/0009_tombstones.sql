@@ -1,7 +1,7 @@
--- Orders carry a time (ms): a CREATE the creation of its version, a DELETE when the delete
--- happened at its origin (NULL: an order from an older peer). A site remembers the latest
--- delete of each name (a tombstone, with that time), so a CREATE of a version created before
--- it that arrives after the DELETE (from a third site) is superseded instead of re-creating it.
+-- Orders carry the creation time (ms) of the version they create or delete (NULL: an order
+-- queued or received before this, or from an older peer), and a site remembers the newest
+-- version it deleted of each name (a tombstone), so a CREATE of that version or an older one
+-- that arrives after the DELETE (from a third site) is superseded instead of re-creating it.
 -- Tombstones are pruned after max_order_age_secs (no order older than that is still applied).
 ALTER TABLE outbox ADD COLUMN version_time BIGINT;
 ALTER TABLE inbox ADD COLUMN version_time BIGINT;

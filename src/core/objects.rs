@@ -280,25 +280,15 @@ pub async fn delete_version(
     origin: &WriteOrigin,
 ) -> Result<()> {
     let obj = site.meta.begin_delete(bucket, name, version).await?;
-    // A peer's delete keeps the time it happened at its origin: it is what decides against
-    // versions created elsewhere meanwhile (see `meta::check_version_to_delete`).
-    let deleted_at = version
-        .and_then(|v| v.deleted_at)
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     // Once DELETING, the delete runs to its end even if the caller goes away (a client that
     // disconnects, a timeout): dropped half-way, it left the object DELETING for good.
     let (site, origin) = (site.clone(), origin.clone());
-    tokio::spawn(async move { finish_delete(&site, &obj, &origin, deleted_at).await })
+    tokio::spawn(async move { finish_delete(&site, &obj, &origin).await })
         .await
         .map_err(|e| Error::internal(format!("finishing a delete: {e}")))?
 }
 
-async fn finish_delete(
-    site: &Site,
-    obj: &Object,
-    origin: &WriteOrigin,
-    deleted_at: i64,
-) -> Result<()> {
+async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {
     let (bucket, name) = (&obj.bucket, &obj.name);
     if let Err(e) = site.storage.delete(bucket, name).await {
         // Nothing was deleted (the storage refused or was unreachable): the object stays READY
@@ -308,16 +298,12 @@ async fn finish_delete(
             .await?;
         return Err(e);
     }
-    // A DELETE order names the version it deletes and when: a peer holding a version created
-    // after that keeps it.
+    // A DELETE order names the version it deletes: a peer holding another one refuses it.
     let version = obj.hash.as_deref().unwrap_or_default();
-    let mut orders = site
+    let orders = site
         .orders_for(origin, bucket, Some((name, 0, version)), Action::Delete)
         .await?;
-    for order in &mut orders {
-        order.version_time = Some(deleted_at);
-    }
-    site.meta.finish_delete(obj, &orders, deleted_at).await?;
+    site.meta.finish_delete(obj, &orders).await?;
     site.queued(&orders);
     if let Err(e) = site.meta.forget_blocks(bucket, name).await {
         tracing::warn!(bucket = %bucket, object = %name, "forgetting block hashes: {e}");
@@ -334,11 +320,7 @@ pub async fn finish_interrupted_deletes(site: &Site) -> Result<usize> {
     for obj in &interrupted {
         let owner = site.meta.get_bucket(&obj.bucket).await?;
         let client_id = owner.map_or_else(|| site.site_id.clone(), |b| b.client_id);
-        // When it began is not recorded, only that it came after its version's creation: it
-        // deletes that version (and older ones), never one written since (whose client may
-        // have been told the delete failed).
-        let deleted_at = obj.creation.timestamp_millis() + 1;
-        finish_delete(site, obj, &WriteOrigin::Client { client_id }, deleted_at).await?;
+        finish_delete(site, obj, &WriteOrigin::Client { client_id }).await?;
     }
     Ok(interrupted.len())
 }

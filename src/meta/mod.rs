@@ -897,14 +897,8 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Marks a DELETING object DELETED and queues its orders, in one transaction; the
-    /// tombstone says the name was deleted at `deleted_at` (ms; see `deleted_here`).
-    pub async fn finish_delete(
-        &self,
-        obj: &Object,
-        orders: &[Order],
-        deleted_at: i64,
-    ) -> Result<()> {
+    /// Marks a DELETING object DELETED and queues its orders, in one transaction.
+    pub async fn finish_delete(&self, obj: &Object, orders: &[Order]) -> Result<()> {
         let changing = self.changing_object(&obj.bucket, &obj.name, orders);
         let mut tx = self.write_tx().await?;
         let changed = sqlx::query(
@@ -923,8 +917,14 @@ impl MetaStore {
             )));
         }
         if let Some(hash) = &obj.hash {
-            replication::record_tombstone(&mut tx, &obj.bucket, &obj.name, hash, deleted_at)
-                .await?;
+            replication::record_tombstone(
+                &mut tx,
+                &obj.bucket,
+                &obj.name,
+                hash,
+                obj.creation.timestamp_millis(),
+            )
+            .await?;
         }
         replication::insert_orders(&mut tx, orders).await?;
         tx.commit().await?;
@@ -1243,19 +1243,17 @@ fn topology_from_row(r: &AnyRow) -> Topology {
     }
 }
 
-/// The version a DELETE order names: its hash and, from peers that send it, when the delete
-/// happened at its origin (ms).
+/// The version a DELETE order names: its hash and, from peers that send it, its creation (ms).
 #[derive(Debug, Clone, Copy)]
 pub struct VersionToDelete<'a> {
     pub hash: &'a str,
-    pub deleted_at: Option<i64>,
+    pub created: Option<i64>,
 }
 
 /// Whether `held` may be deleted by an order for `version`. The same version: yes. Another
-/// one, by time (the last operation on a name wins, as the conflict rule has it for creates):
-/// one created before the delete happened goes too (the client deleted the name, not only the
-/// version its site held then); one created after it stays (`Gone`: the order is superseded).
-/// An order without a time (an older peer) may delete only its own version
+/// one, compared by creation as the conflict rule does: an older one held here lost to the
+/// deleted version, so it goes too; a newer one stays (`Gone`: the order is superseded). An
+/// order without a creation (an older peer) may delete only its own version
 /// (`PreconditionFailed`).
 fn check_version_to_delete(held: &Object, version: VersionToDelete<'_>) -> Result<()> {
     if held.hash.as_deref() == Some(version.hash) {
@@ -1263,8 +1261,8 @@ fn check_version_to_delete(held: &Object, version: VersionToDelete<'_>) -> Resul
     }
     let (bucket, name) = (&held.bucket, &held.name);
     let held_hash = held.hash.as_deref().unwrap_or("none");
-    match version.deleted_at {
-        Some(deleted_at) if held.creation.timestamp_millis() < deleted_at => Ok(()),
+    match version.created {
+        Some(created) if held.creation.timestamp_millis() < created => Ok(()),
         Some(_) => Err(Error::gone(format!(
             "{bucket}/{name} is here in a newer version ({held_hash}) than the one to delete ({})",
             version.hash

@@ -119,8 +119,7 @@ async fn insert_order(
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'QUEUED',$9,$9,
            COALESCE($10, (SELECT id FROM objects WHERE bucket = $4 AND name = $5), ''),
            COALESCE($11, CASE WHEN $8 = 'CREATE' THEN (SELECT creation FROM objects WHERE bucket = $4 AND name = $5) END, $9),
-           CASE WHEN $8 = 'DELETE' THEN COALESCE($12, $11, $9)
-                ELSE COALESCE($12, (SELECT creation FROM objects WHERE bucket = $4 AND name = $5 AND ($10 IS NULL OR id = $10))) END)
+           COALESCE($12, (SELECT creation FROM objects WHERE bucket = $4 AND name = $5 AND ($10 IS NULL OR id = $10))))
          ON CONFLICT (op_id, to_site) DO NOTHING",
     )
     .bind(&o.op_id)
@@ -143,9 +142,9 @@ async fn insert_order(
     Ok(())
 }
 
-/// Remembers that a name was deleted at `version_time` (ms, when the delete happened at its
-/// origin), its version then being `hash`. One tombstone a name, the latest delete: a CREATE
-/// of a version created before it is superseded (see `MetaStore::deleted_here`).
+/// Remembers that version `hash` of a name, created at `version_time` (ms), was deleted here.
+/// One tombstone a name, the newest deleted version: an order's version that is older, or
+/// that one, is superseded (see `MetaStore::deleted_here`).
 pub(crate) async fn record_tombstone(
     tx: &mut AnyConnection,
     bucket: &str,
@@ -586,9 +585,8 @@ impl MetaStore {
 
     // ---- tombstones ----------------------------------------------------------------------
 
-    /// A DELETE order of version `hash`, deleted at its origin at `version_time`, ended here,
-    /// whatever this site held: a CREATE of a version created before that, arriving later, is
-    /// superseded.
+    /// A DELETE order of version `hash` (created at `version_time`) ended here, whatever this
+    /// site held: a CREATE of that version that arrives later is superseded.
     pub async fn remember_deleted(
         &self,
         bucket: &str,
@@ -602,8 +600,9 @@ impl MetaStore {
         Ok(())
     }
 
-    /// Whether version `hash` of a name, created at `version_time`, is deleted here: the name
-    /// was deleted after that version was created (the last operation on a name wins).
+    /// Whether version `hash` of a name, created at `version_time`, is deleted here: it is the
+    /// newest version deleted here, or older than it (the conflict rule made that one win over
+    /// it, so its delete holds for it too).
     pub async fn deleted_here(
         &self,
         bucket: &str,

@@ -191,7 +191,7 @@ async fn delete_object(
     };
     let version = o.hash.as_deref().map(|hash| VersionToDelete {
         hash,
-        deleted_at: o.version_time,
+        created: o.version_time,
     });
     let deleted =
         objects::delete_version(&state.site, &o.bucket_name, name, version, &origin).await;
@@ -203,7 +203,7 @@ async fn delete_object(
                 .increment(1);
             return Err(Failure::Permanent(format!("refused: {}", e.message)));
         }
-        Err(e) if e.kind == Kind::Gone && version.is_some_and(|v| v.deleted_at.is_some()) => {
+        Err(e) if e.kind == Kind::Gone && version.is_some_and(|v| v.created.is_some()) => {
             metrics::counter!("mirrorgate_orders_superseded_total").increment(1);
             tracing::info!(
                 "{}/{name}: delete superseded here: {}",
