@@ -349,21 +349,28 @@ async fn a_late_object_order_neither_resurrects_its_bucket_nor_fails() {
     assert_eq!(failed_count(&a, "site-b").await, 0, "nothing failed");
 }
 
-/// A delete the storage could not carry out (S3 unreachable) leaves the object READY and
-/// readable (it used to stay ERR_DEL for good: unreadable here, present at the peers, the
-/// bytes still in the store); the client, told 5xx, deletes it again once S3 is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_that_s3_refused_leaves_the_object_ready() {
+/// A site on S3 (replication off) that reaches its S3 server through a fault proxy; the
+/// temporary directory and the S3 server live as long as the returned values.
+async fn s3_site_behind_a_proxy(id: &str) -> (tempfile::TempDir, s3server::S3Server, Proxy, Site) {
     let root = tempfile::tempdir().unwrap();
     let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
     let link = Proxy::start(s3.addr).await;
     let dir = root.path().join("site");
     let config = format!(
-        "[site]\nid = \"s3-del\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
+        "[site]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
         dir.display(),
         s3server::s3_storage_config(&link.url(), "mg-")
     );
-    let site = tokio::task::block_in_place(|| Site::spawn_with("s3-del", &dir, &config));
+    let site = tokio::task::block_in_place(|| Site::spawn_with(id, &dir, &config));
+    (root, s3, link, site)
+}
+
+/// A delete the storage could not carry out (S3 unreachable) leaves the object READY and
+/// readable (it used to stay ERR_DEL for good: unreadable here, present at the peers, the
+/// bytes still in the store); the client, told 5xx, deletes it again once S3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_s3_refused_leaves_the_object_ready() {
+    let (_root, _s3, link, site) = s3_site_behind_a_proxy("s3-del").await;
     create_bucket(&site, "keep").await;
     let body = data(20_000, 4);
     put_object(&site, "keep", "obj", body.clone()).await;
@@ -396,16 +403,7 @@ async fn a_delete_that_s3_refused_leaves_the_object_ready() {
 /// failed upload removes the bytes at its name too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_commit_answer_is_lost_leaves_no_bytes() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
-    let link = Proxy::start(s3.addr).await;
-    let dir = root.path().join("site");
-    let config = format!(
-        "[site]\nid = \"s3-lost\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
-        dir.display(),
-        s3server::s3_storage_config(&link.url(), "mg-")
-    );
-    let site = tokio::task::block_in_place(|| Site::spawn_with("s3-lost", &dir, &config));
+    let (root, _s3, link, site) = s3_site_behind_a_proxy("s3-lost").await;
     create_bucket(&site, "lost").await;
     // The commit: a PutObject of the whole body or a CopyObject from the staging key, both
     // a PUT on the object's key (path style).
