@@ -29,6 +29,9 @@ use crate::error::{Error, Result};
 pub const DEFAULT_WINDOW: Duration = Duration::from_millis(2);
 /// Writes per transaction at most.
 const MAX_WRITES: usize = 256;
+/// Writes waiting for a group at most: beyond, callers wait to hand theirs over (every caller
+/// waits for its answer anyway, so this only bounds a burst).
+const QUEUE: usize = 4 * MAX_WRITES;
 
 /// What a write leaves for after the commit: a call that delivers its answer.
 type Deliver = Box<dyn FnOnce(Result<()>) + Send>;
@@ -39,7 +42,7 @@ type Write =
 /// The handle to the committer task.
 #[derive(Clone)]
 pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Write>,
+    queue: mpsc::Sender<Write>,
     stats: Arc<Stats>,
 }
 
@@ -52,7 +55,7 @@ struct Stats {
 impl GroupCommit {
     /// Starts the committer on `pool`.
     pub fn start(pool: AnyPool, backend: Backend, window: Duration) -> Self {
-        let (queue, writes) = mpsc::unbounded_channel();
+        let (queue, writes) = mpsc::channel(QUEUE);
         let stats = Arc::new(Stats::default());
         tokio::spawn(commit_loop(pool, backend, writes, window, stats.clone()));
         Self { queue, stats }
@@ -77,6 +80,7 @@ impl GroupCommit {
         });
         self.queue
             .send(erased)
+            .await
             .map_err(|_| Error::internal("the group committer stopped"))?;
         answered
             .await
@@ -95,7 +99,7 @@ impl GroupCommit {
 async fn commit_loop(
     pool: AnyPool,
     backend: Backend,
-    mut queue: mpsc::UnboundedReceiver<Write>,
+    mut queue: mpsc::Receiver<Write>,
     window: Duration,
     stats: Arc<Stats>,
 ) {

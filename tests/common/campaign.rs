@@ -105,7 +105,8 @@ enum Outcome {
 
 #[derive(Default)]
 struct NameHistory {
-    ops: Vec<(State, Outcome)>,
+    /// What the client was told, with when it was answered (from the campaign's start).
+    ops: Vec<(State, Outcome, Duration)>,
     /// Written at two partitioned sites: the version the documented rule makes win.
     conflict_winner: Option<State>,
 }
@@ -114,7 +115,7 @@ impl NameHistory {
     /// The states the name may end in: the last acknowledged one, or any unknown one after it.
     fn allowed(&self) -> BTreeSet<State> {
         let mut allowed = BTreeSet::from([State::Absent]);
-        for (state, outcome) in &self.ops {
+        for (state, outcome, _) in &self.ops {
             match outcome {
                 Outcome::Ack => allowed = BTreeSet::from([state.clone()]),
                 Outcome::Unknown => {
@@ -124,6 +125,27 @@ impl NameHistory {
             }
         }
         allowed
+    }
+
+    /// How long ago the last operation of unknown outcome was answered, if there is one.
+    fn since_unknown(&self, now: Duration) -> Option<Duration> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|op| op.1 == Outcome::Unknown)
+            .map(|op| now.saturating_sub(op.2))
+    }
+
+    /// The operations, for a violation's report.
+    fn told(&self) -> String {
+        let ops: Vec<String> = self
+            .ops
+            .iter()
+            .map(|(state, outcome, at)| {
+                format!("{outcome:?} {state:?} at {:.2}s", at.as_secs_f64())
+            })
+            .collect();
+        ops.join(", ")
     }
 }
 
@@ -138,9 +160,15 @@ struct History {
     unknown: u64,
     reads: u64,
     violations: Vec<String>,
+    /// When the run began: operations are timed from it.
+    began: Option<Instant>,
 }
 
 impl History {
+    fn now(&self) -> Duration {
+        self.began.map_or(Duration::ZERO, |b| b.elapsed())
+    }
+
     fn count(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Ack => self.acknowledged += 1,
@@ -157,20 +185,22 @@ impl History {
                 .insert(h.clone());
         }
         self.count(outcome);
+        let at = self.now();
         self.objects
             .entry((bucket.into(), key.into()))
             .or_default()
             .ops
-            .push((state, outcome));
+            .push((state, outcome, at));
     }
 
     fn bucket(&mut self, bucket: &str, state: State, outcome: Outcome) {
         self.count(outcome);
+        let at = self.now();
         self.buckets
             .entry(bucket.into())
             .or_default()
             .ops
-            .push((state, outcome));
+            .push((state, outcome, at));
     }
 }
 
@@ -317,17 +347,30 @@ async fn put_version(
     outcome
 }
 
-/// The version `base` holds itself (not served through the topology), if any.
+/// The version `base` holds itself (not served through the topology), if any; a site that
+/// does not answer counts as holding none.
 async fn local_version(http: &reqwest::Client, base: &str, bucket: &str, key: &str) -> State {
-    let Ok(r) = http.head(object_url(base, bucket, key)).send().await else {
-        return State::Absent;
-    };
+    observed_version(http, base, bucket, key)
+        .await
+        .unwrap_or(State::Absent)
+}
+
+/// [`local_version`], or None when `base` gave no clear answer (down, an error status): a
+/// site that does not answer may hold a version all the same.
+async fn observed_version(
+    http: &reqwest::Client,
+    base: &str,
+    bucket: &str,
+    key: &str,
+) -> Option<State> {
+    let r = http.head(object_url(base, bucket, key)).send().await.ok()?;
     let local = r.headers().get("x-clonecloudstore-target-id").is_none();
-    match r.headers().get("x-clonecloudstore-hash") {
-        Some(h) if r.status().is_success() && local => {
-            State::Present(h.to_str().unwrap_or_default().to_owned())
+    match (r.status().as_u16(), r.headers().get("x-clonecloudstore-hash")) {
+        (200 | 204, Some(h)) if local => {
+            Some(State::Present(h.to_str().unwrap_or_default().to_owned()))
         }
-        _ => State::Absent,
+        (200 | 204, _) | (404, _) => Some(State::Absent),
+        _ => None,
     }
 }
 
@@ -427,7 +470,13 @@ async fn writer(
     }
 }
 
-/// After an unknown outcome: once every site shows the same allowed state, that is the
+/// How long after an unknown outcome its name may be settled: past the client's timeout, a
+/// killed site's restart and the end of the request's handler at its site.
+const SETTLE_AFTER: Duration = Duration::from_secs(8);
+
+/// After an unknown outcome: once every site answers with the same allowed state, long
+/// enough after that outcome for the operation to have ended at its site (a request whose
+/// client gave up, or whose site was killed and restarted, may still commit), that is the
 /// name's state (recorded as acknowledged by the sites themselves).
 async fn settle_name(
     http: &reqwest::Client,
@@ -436,15 +485,31 @@ async fn settle_name(
     key: &str,
     allowed: &BTreeSet<State>,
 ) {
-    let mut seen = BTreeSet::new();
-    for base in urls {
-        seen.insert(local_version(http, base, BUCKET, key).await);
+    let name = (BUCKET.to_owned(), key.to_owned());
+    let since = {
+        let h = history.lock().unwrap();
+        let now = h.now();
+        h.objects.get(&name).and_then(|n| n.since_unknown(now))
+    };
+    // Every site must answer: one that does not may hold a version all the same.
+    let mut seen = Some(BTreeSet::new());
+    if since.is_none_or(|s| s >= SETTLE_AFTER) {
+        for base in urls {
+            let state = observed_version(http, base, BUCKET, key).await;
+            seen = seen.zip(state).map(|(mut set, state)| {
+                set.insert(state);
+                set
+            });
+        }
+    } else {
+        seen = None;
     }
-    if seen.len() == 1 && allowed.contains(seen.iter().next().unwrap()) {
-        let state = seen.into_iter().next().unwrap();
+    let settled = seen.filter(|s| s.len() == 1 && allowed.contains(s.first().unwrap()));
+    if let Some(state) = settled.and_then(|s| s.into_iter().next()) {
         let mut h = history.lock().unwrap();
-        let name = h.objects.entry((BUCKET.into(), key.into())).or_default();
-        name.ops.push((state, Outcome::Ack));
+        let at = h.now();
+        let name = h.objects.entry(name).or_default();
+        name.ops.push((state, Outcome::Ack, at));
     } else {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -1055,7 +1120,8 @@ fn check_history(history: &History, rows: &[SiteRows], v: &mut Vec<String>) {
         let allowed = name.allowed();
         if !agree || !allowed.contains(&states[0]) {
             v.push(format!(
-                "{bucket}/{key}: sites hold {states:?}, the history allows {allowed:?}"
+                "{bucket}/{key}: sites hold {states:?}, the history allows {allowed:?} (told: {})",
+                name.told()
             ));
         }
     }
@@ -1086,7 +1152,10 @@ pub async fn run(plan: &Plan) -> Report {
     );
     let root = tempfile::tempdir().unwrap();
     let (mesh, mut sites) = start_mesh(root.path()).await;
-    let history: Shared = Arc::default();
+    let history: Shared = Arc::new(Mutex::new(History {
+        began: Some(Instant::now()),
+        ..History::default()
+    }));
     let http = http();
     let r = http
         .post(format!("{}/cloudclonestore/{BUCKET}", mesh.urls[0]))

@@ -146,8 +146,14 @@ impl Site {
             &format!("listen = \"{}\"", self.addr),
         );
         let tmp = self._tmp.take();
+        let earlier = self.log_text();
         let mut fresh = Site::spawn_with(&self.id, &self.dir, &config);
         fresh._tmp = tmp;
+        // Keep what the earlier lifetimes wrote: a failure is often explained before the restart.
+        {
+            let mut log = fresh.log.lock().unwrap();
+            *log = format!("{earlier}----- restarted -----\n{log}");
+        }
         *self = fresh;
     }
 
