@@ -464,16 +464,7 @@ async fn a_connection_left_inside_a_transaction_is_not_reused() {
 /// could never be written or deleted again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_abandoned_by_its_client_still_ends() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
-    let link = Proxy::start(s3.addr).await;
-    let dir = root.path().join("site");
-    let config = format!(
-        "[site]\nid = \"s3-gone\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
-        dir.display(),
-        s3server::s3_storage_config(&link.url(), "mg-")
-    );
-    let site = tokio::task::block_in_place(|| Site::spawn_with("s3-gone", &dir, &config));
+    let (_root, _s3, link, site) = s3_site_behind_a_proxy("s3-gone").await;
     create_bucket(&site, "slow").await;
     put_object(&site, "slow", "obj", data(5_000, 5)).await;
     link.set(Fault::Delay(Duration::from_millis(1500)));
