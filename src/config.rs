@@ -232,10 +232,20 @@ pub struct StorageConfig {
     /// pulls are verified by block). Default 4 MiB.
     #[serde(default = "default_block_size")]
     pub block_size_bytes: u64,
+    /// S3: the longest one attempt of a request may wait for its answer (then it is retried,
+    /// and after the last attempt the operation fails as a timeout). A backend that accepts a
+    /// request and never answers must not hold a delete or an order for good. Streamed
+    /// uploads, paced by their sender, are not bounded by it; server-side copies get ten times
+    /// as long.
+    #[serde(default = "default_s3_attempt_timeout")]
+    pub s3_attempt_timeout_secs: u64,
 }
 
 fn default_block_size() -> u64 {
     4 * 1024 * 1024
+}
+fn default_s3_attempt_timeout() -> u64 {
+    30
 }
 
 impl Default for StorageConfig {
@@ -249,6 +259,7 @@ impl Default for StorageConfig {
             force_path_style: false,
             bucket_prefix: String::new(),
             block_size_bytes: default_block_size(),
+            s3_attempt_timeout_secs: default_s3_attempt_timeout(),
         }
     }
 }
@@ -838,6 +849,10 @@ impl Config {
             matches!(self.storage.backend.as_str(), "fs" | "s3"),
             "storage.backend must be \"fs\" or \"s3\", not {:?}",
             self.storage.backend
+        );
+        anyhow::ensure!(
+            self.storage.s3_attempt_timeout_secs > 0,
+            "storage.s3_attempt_timeout_secs must be > 0"
         );
         anyhow::ensure!(
             !self.scrub.enabled || self.scrub.bytes_per_second > 0,

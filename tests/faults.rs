@@ -352,12 +352,20 @@ async fn a_late_object_order_neither_resurrects_its_bucket_nor_fails() {
 /// A site on S3 (replication off) that reaches its S3 server through a fault proxy; the
 /// temporary directory and the S3 server live as long as the returned values.
 async fn s3_site_behind_a_proxy(id: &str) -> (tempfile::TempDir, s3server::S3Server, Proxy, Site) {
+    s3_site_behind_a_proxy_with(id, "").await
+}
+
+/// [`s3_site_behind_a_proxy`] with `storage` appended to its `[storage]` section.
+async fn s3_site_behind_a_proxy_with(
+    id: &str,
+    storage: &str,
+) -> (tempfile::TempDir, s3server::S3Server, Proxy, Site) {
     let root = tempfile::tempdir().unwrap();
     let s3 = s3server::S3Server::start(&root.path().join("s3")).await;
     let link = Proxy::start(s3.addr).await;
     let dir = root.path().join("site");
     let config = format!(
-        "[site]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}[replication]\nenabled = false\n",
+        "[site]\nid = \"{id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}{storage}\n[replication]\nenabled = false\n",
         dir.display(),
         s3server::s3_storage_config(&link.url(), "mg-")
     );
@@ -366,8 +374,9 @@ async fn s3_site_behind_a_proxy(id: &str) -> (tempfile::TempDir, s3server::S3Ser
 }
 
 /// A delete the storage could not carry out (S3 unreachable) leaves the object READY and
-/// readable (it used to stay ERR_DEL for good: unreadable here, present at the peers, the
-/// bytes still in the store); the client, told 5xx, deletes it again once S3 is back.
+/// readable once S3 answers and says it still holds the bytes (it used to stay ERR_DEL for
+/// good: unreadable here, present at the peers, the bytes still in the store); the client,
+/// told 5xx, deletes it again once S3 is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_that_s3_refused_leaves_the_object_ready() {
     let (_root, _s3, link, site) = s3_site_behind_a_proxy("s3-del").await;
@@ -382,13 +391,17 @@ async fn a_delete_that_s3_refused_leaves_the_object_ready() {
         .unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     link.heal();
-    let r = client()
-        .get(site.url("/cloudclonestore/keep/obj"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().to_vec(), body);
+    // S3 did not answer, so whether it deleted is found out once it does: it did not.
+    let got = eventually(Duration::from_secs(30), "READY again", || async {
+        let r = client()
+            .get(site.url("/cloudclonestore/keep/obj"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.bytes().await.ok()?)
+    })
+    .await;
+    assert_eq!(got.to_vec(), body);
     let r = client()
         .delete(site.url("/cloudclonestore/keep/obj"))
         .send()
@@ -430,6 +443,54 @@ async fn an_upload_whose_commit_answer_is_lost_leaves_no_bytes() {
         .unwrap();
     assert_eq!(r.status(), 404);
     put_object(&site, "lost", "obj", data(21_000, 11)).await;
+}
+
+/// An S3 backend that takes requests and never answers does not hold a delete for good:
+/// each attempt gives up after `[storage] s3_attempt_timeout_secs` and the client is told
+/// 503. S3 carried the delete out (only its answers were held), so once it answers again the
+/// site finds the bytes gone and finishes the delete: never a READY row without its bytes.
+/// Without the bound the delete waited forever with the object DELETING, and every later
+/// order of its name waited behind it (long profile, seed 2043: "stuck in DELETING").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_backend_that_never_answers_does_not_hold_a_delete() {
+    let (root, _s3, link, site) =
+        s3_site_behind_a_proxy_with("s3-mute", "s3_attempt_timeout_secs = 1").await;
+    create_bucket(&site, "mute").await;
+    put_object(&site, "mute", "obj", data(20_000, 12)).await;
+    link.set(Fault::BlockReplies);
+    let r = client()
+        .delete(site.url("/cloudclonestore/mute/obj"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the delete answers while S3 stays mute");
+    assert_eq!(r.status(), 503);
+    let key = root.path().join("s3").join("mg-mute").join("obj");
+    assert!(!key.exists(), "S3 carried the delete out");
+    link.heal();
+    link.cut_all(); // the held connections are not reused
+    let r = client()
+        .get(site.url("/cloudclonestore/mute/obj"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        r.status(),
+        200,
+        "never served while its delete is unsettled"
+    );
+    // Settled as deleted: the name takes a new version.
+    let again = data(21_000, 13);
+    eventually(Duration::from_secs(40), "the delete settled", || async {
+        let r = client()
+            .post(site.url("/cloudclonestore/mute/obj"))
+            .body(again.clone())
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 201).then_some(())
+    })
+    .await;
 }
 
 /// A connection returned to the metadata pool inside a transaction nobody owns (what sqlx

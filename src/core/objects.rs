@@ -289,15 +289,72 @@ pub async fn delete_version(
 }
 
 async fn finish_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {
-    let (bucket, name) = (&obj.bucket, &obj.name);
-    if let Err(e) = site.storage.delete(bucket, name).await {
-        // Nothing was deleted (the storage refused or was unreachable): the object stays READY
-        // here, as at its peers, and the client, told of the failure, may delete it again.
-        site.meta
-            .swap_object_status(obj, Status::Deleting, Status::Ready)
-            .await?;
-        return Err(e);
+    let Err(failed) = site.storage.delete(&obj.bucket, &obj.name).await else {
+        return complete_delete(site, obj, origin).await;
+    };
+    // A failed delete may have happened all the same (a timeout or a reset after the storage
+    // carried it out): the storage says which, before the row changes.
+    match site.storage.stat(&obj.bucket, &obj.name).await {
+        Ok(None) => complete_delete(site, obj, origin).await,
+        Ok(Some(_)) => keep_after_failed_delete(site, obj, failed).await,
+        Err(_) => {
+            // Nobody can tell now: the object stays DELETING (nothing reads or replaces it)
+            // until the storage answers, and the caller learns that the outcome is unknown.
+            let (site, obj, origin) = (site.clone(), obj.clone(), origin.clone());
+            tokio::spawn(async move { settle_unknown_delete(&site, &obj, &origin).await });
+            Err(Error::new(
+                Kind::Unavailable,
+                Origin::Storage,
+                format!(
+                    "{failed}; whether the object was deleted is settled once the storage answers"
+                ),
+            ))
+        }
     }
+}
+
+/// Nothing was deleted (the storage refused, or never got the request): the object is READY
+/// again here, as at its peers, and the client, told of the failure, may delete it again.
+async fn keep_after_failed_delete(site: &Site, obj: &Object, failed: Error) -> Result<()> {
+    site.meta
+        .swap_object_status(obj, Status::Deleting, Status::Ready)
+        .await?;
+    Err(failed)
+}
+
+/// Asks the storage, with backoff, whether the bytes of a delete of unknown outcome are
+/// still there, then makes the row say the same: READY if they are, deleted (orders queued)
+/// if not. A restart meanwhile finishes the delete instead (`finish_interrupted_deletes`).
+async fn settle_unknown_delete(site: &Site, obj: &Object, origin: &WriteOrigin) {
+    let mut pause = Duration::from_millis(250);
+    let settled = loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+        match site.storage.stat(&obj.bucket, &obj.name).await {
+            Ok(None) => break complete_delete(site, obj, origin).await,
+            Ok(Some(_)) => {
+                break site
+                    .meta
+                    .swap_object_status(obj, Status::Deleting, Status::Ready)
+                    .await
+                    .map(drop)
+            }
+            Err(_) => continue,
+        }
+    };
+    match settled {
+        Ok(()) => {
+            tracing::info!(bucket = %obj.bucket, object = %obj.name, "delete of unknown outcome settled")
+        }
+        Err(e) => {
+            tracing::warn!(bucket = %obj.bucket, object = %obj.name, "settling a delete of unknown outcome: {e}")
+        }
+    }
+}
+
+/// The bytes are gone: the row becomes DELETED with its orders (one transaction).
+async fn complete_delete(site: &Site, obj: &Object, origin: &WriteOrigin) -> Result<()> {
+    let (bucket, name) = (&obj.bucket, &obj.name);
     // A DELETE order names the version it deletes: a peer holding another one refuses it.
     let version = obj.hash.as_deref().unwrap_or_default();
     let orders = site

@@ -28,6 +28,13 @@
 //! Throttling, 5xx, timeouts and connection failures are retried by the SDK (standard mode,
 //! [`MAX_ATTEMPTS`] attempts, exponential backoff). What remains becomes an [`Error`] with
 //! [`Origin::Storage`] whose message names the S3 error code.
+//!
+//! # Timeouts
+//! Every attempt waits at most `[storage] s3_attempt_timeout_secs` for its answer: a backend
+//! that takes a request and never answers would otherwise hold its caller for good (a delete
+//! left DELETING, an order holding its name). Two requests are bounded otherwise: the
+//! streamed PutObject, fed at its sender's pace (see [`unbounded`]), and the server-side
+//! CopyObject, which may copy up to 5 GiB (ten times the bound, see [`for_copies`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -240,6 +247,7 @@ fn sdk_loader(config: &StorageConfig) -> anyhow::Result<aws_config::ConfigLoader
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(config.s3_attempt_timeout_secs))
                 .build(),
         )
         // Upload bodies move at the pace of our own client; a slow client is not a stalled S3.
@@ -553,6 +561,7 @@ impl Target {
 
     /// Server-side copy onto this target with `metadata` (REPLACE).
     async fn copy_from(&self, source_key: &str, metadata: HashMap<String, String>) -> Result<()> {
+        let attempt = for_copies(self.client.config());
         self.client
             .copy_object()
             .bucket(&self.bucket)
@@ -560,11 +569,36 @@ impl Target {
             .copy_source(format!("{}/{}", self.bucket, encode_key(source_key)))
             .metadata_directive(MetadataDirective::Replace)
             .set_metadata(Some(metadata))
+            .customize()
+            .config_override(attempt)
             .send()
             .await
             .map_err(|e| s3_error("CopyObject", &self.describe(), e))?;
         Ok(())
     }
+}
+
+/// A request whose attempt is not bounded in time (a body fed at its sender's pace: a slow
+/// client is not a stalled S3).
+fn unbounded() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new().timeout_config(
+        TimeoutConfig::builder()
+            .disable_operation_attempt_timeout()
+            .build(),
+    )
+}
+
+/// The attempt bound of a server-side copy: ten times the configured one.
+fn for_copies(config: &aws_sdk_s3::Config) -> aws_sdk_s3::config::Builder {
+    let bound = config
+        .timeout_config()
+        .and_then(|t| t.operation_attempt_timeout())
+        .map_or(Duration::from_secs(300), |d| d * 10);
+    aws_sdk_s3::config::Builder::new().timeout_config(
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(bound)
+            .build(),
+    )
 }
 
 async fn delete_quietly(client: &Client, bucket: &str, key: &str) {
@@ -631,7 +665,9 @@ impl StagedPutWriter {
             .bucket(&target.bucket)
             .key(&staging_key)
             .content_length(size as i64)
-            .body(body);
+            .body(body)
+            .customize()
+            .config_override(unbounded());
         let what = format!("{}/{staging_key}", target.bucket);
         let upload = tokio::spawn(async move {
             request

@@ -365,7 +365,10 @@ async fn observed_version(
 ) -> Option<State> {
     let r = http.head(object_url(base, bucket, key)).send().await.ok()?;
     let local = r.headers().get("x-clonecloudstore-target-id").is_none();
-    match (r.status().as_u16(), r.headers().get("x-clonecloudstore-hash")) {
+    match (
+        r.status().as_u16(),
+        r.headers().get("x-clonecloudstore-hash"),
+    ) {
         (200 | 204, Some(h)) if local => {
             Some(State::Present(h.to_str().unwrap_or_default().to_owned()))
         }

@@ -78,8 +78,10 @@ pub async fn declare_detected(
 }
 
 /// For the synchronous mismatch callback of a verified read of the version `hash`. A version
-/// replaced while it was read (an UPDATE from a peer) is not a bad copy: only a mismatch of
-/// the version still current is declared.
+/// replaced while it was read (an UPDATE from a peer) is not a bad copy: the new bytes take
+/// the old ones' place a moment before the row names them, so a reader that loaded the row
+/// just before sees a mismatch. The copy is declared only if the mismatch is confirmed by a
+/// second read, [`CONFIRM_AFTER`] later, of the version still current.
 pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, hash: &str, why: &str) {
     let (state, bucket, name, hash, why) = (
         state.clone(),
@@ -90,15 +92,31 @@ pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, hash:
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
-            let current = state.meta.get_object(&bucket, &name).await;
-            let still_current = matches!(current, Ok(Some(o))
-                if o.status == Status::Ready && o.hash.as_deref() == Some(hash.as_str()));
-            if still_current {
-                declare_detected(&state, &bucket, &name, Detected::Read, &why).await;
+            tokio::time::sleep(CONFIRM_AFTER).await;
+            let current = match state.meta.get_object(&bucket, &name).await {
+                Ok(Some(o)) if o.status == Status::Ready && o.hash.as_deref() == Some(&hash) => o,
+                _ => return, // replaced or deleted meanwhile: not a bad copy
+            };
+            match verify_stored(&state, &current, None).await {
+                Ok(Verdict::Good { .. }) => {
+                    tracing::info!(
+                        bucket,
+                        object = name,
+                        "a mismatch seen on a read was not confirmed: {why}"
+                    )
+                }
+                Ok(Verdict::Bad(_)) => {
+                    declare_detected(&state, &bucket, &name, Detected::Read, &why).await
+                }
+                Err(e) => tracing::warn!(bucket, object = name, "confirming a mismatch: {e}"),
             }
         });
     }
 }
+
+/// How long after a mismatch seen on a read the copy is read again (see
+/// [`declare_detected_later`]): long enough for a replace under way to name its new bytes.
+const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 
 /// Records a suspicion of this site's copy; once `[rucio] suspicious_threshold` suspicions
 /// count, the copy is re-read and declared BAD if it fails. Returns false for an unknown copy.

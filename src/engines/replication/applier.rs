@@ -290,6 +290,10 @@ async fn replicate_object(
     if let Some(local) = local {
         match local.status {
             Status::Ready if local.hash.as_deref() == Some(want.as_str()) => return Ok(()),
+            // Two versions meet: decided by the conflict rule before any byte moves, from the
+            // order's creation time. A losing version is not pulled at all (its source may
+            // no longer serve it, and no other site would: that used to fail the order).
+            Status::Ready if held_version_wins(&local, o, name) => return Ok(()),
             // An UPDATE replaces the copy held here, once the new bytes verified.
             Status::Ready => current = Some(local),
             Status::Upload => {
@@ -648,6 +652,25 @@ fn conflict_winner_is_incoming(current: &Object, incoming: &Object) -> bool {
         lost.site
     );
     incoming_wins
+}
+
+/// Whether the version held here wins over the order's by the conflict rule, judged from the
+/// order alone: its version's creation time. A tie is left to the pull, whose headers name
+/// the version's site (the second key of the rule). When the held one wins, the meeting is
+/// reported as after a pull.
+fn held_version_wins(current: &Object, o: &Order, name: &str) -> bool {
+    let Some(created) = o.version_time else {
+        return false;
+    };
+    if created >= current.creation.timestamp_millis() {
+        return false;
+    }
+    let incoming = Object {
+        hash: o.hash.clone(),
+        creation: crate::model::object::from_millis(created),
+        ..replica_object(o, name, &HeaderMap::new())
+    };
+    !conflict_winner_is_incoming(current, &incoming)
 }
 
 /// The replica's metadata: what the source announced (id, site, creation, metadata, expiry).
