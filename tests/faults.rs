@@ -493,6 +493,42 @@ async fn an_s3_backend_that_never_answers_does_not_hold_a_delete() {
     .await;
 }
 
+/// An upload to an S3 backend that stops answering mid-way fails within the attempt bound
+/// and leaves nothing behind once S3 is back: no UPLOAD row holding the name for good (long
+/// profile, seed 3011: "stuck in UPLOAD", every later order of the name waiting behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_a_mute_s3_backend_fails_and_frees_its_name() {
+    let (_root, _s3, link, site) =
+        s3_site_behind_a_proxy_with("s3-mute-up", "s3_attempt_timeout_secs = 1").await;
+    create_bucket(&site, "mute").await;
+    link.set(Fault::BlockReplies);
+    let r = client()
+        .post(site.url("/cloudclonestore/mute/obj"))
+        .body(data(300_000, 15))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the upload answers while S3 stays mute");
+    assert!(r.status().is_server_error(), "{}", r.status());
+    link.heal();
+    link.cut_all();
+    let again = data(30_000, 16);
+    eventually(
+        Duration::from_secs(40),
+        "the name writable again",
+        || async {
+            let r = client()
+                .post(site.url("/cloudclonestore/mute/obj"))
+                .body(again.clone())
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 201).then_some(())
+        },
+    )
+    .await;
+}
+
 /// A connection returned to the metadata pool inside a transaction nobody owns (what sqlx
 /// leaves when a BEGIN's future is dropped half-way) is closed, not reused: reused, it held
 /// the write lock and refused every later BEGIN, and the campaign saw a site stop writing

@@ -97,6 +97,9 @@ async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()>
         while let Err(e) = site.storage.delete(&obj.bucket, &obj.name).await {
             tries += 1;
             if tries >= FORGET_TRIES {
+                // The storage is away for longer: the row stays UPLOAD until it is back.
+                let (site, obj) = (site.clone(), obj.clone());
+                tokio::spawn(async move { forget_when_storage_answers(&site, &obj).await });
                 return Err(e);
             }
             tokio::time::sleep(pause).await;
@@ -108,8 +111,32 @@ async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()>
         .await
 }
 
-/// Tries at removing the bytes of an upload that will not complete (about 8 s in all).
+/// Tries at removing the bytes of an upload that will not complete (about 8 s in all) before
+/// the caller is answered; then [`forget_when_storage_answers`] goes on.
 const FORGET_TRIES: u32 = 6;
+
+/// Removes the bytes of an upload that will not complete once the storage answers again
+/// (every 10 s at most), then its row. Left UPLOAD for good, the name could never be written,
+/// deleted or replicated to again (long profile, seed 3011).
+async fn forget_when_storage_answers(site: &Site, obj: &Object) {
+    let mut pause = Duration::from_secs(1);
+    while site.storage.delete(&obj.bucket, &obj.name).await.is_err() {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+    match site
+        .meta
+        .cancel_upload(&obj.bucket, &obj.name, &obj.id)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(bucket = %obj.bucket, object = %obj.name, "an upload that failed is forgotten now that the storage answers")
+        }
+        Err(e) => {
+            tracing::warn!(bucket = %obj.bucket, object = %obj.name, "forgetting a failed upload: {e}")
+        }
+    }
+}
 
 /// Stores an object: registers it UPLOAD (the bucket must be READY, checked in the same
 /// step), streams the body to storage while hashing, checks size and hash against what the

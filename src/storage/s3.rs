@@ -33,8 +33,10 @@
 //! Every attempt waits at most `[storage] s3_attempt_timeout_secs` for its answer: a backend
 //! that takes a request and never answers would otherwise hold its caller for good (a delete
 //! left DELETING, an order holding its name). Two requests are bounded otherwise: the
-//! streamed PutObject, fed at its sender's pace (see [`unbounded`]), and the server-side
-//! CopyObject, which may copy up to 5 GiB (ten times the bound, see [`for_copies`]).
+//! streamed PutObject, fed at its sender's pace (see [`unbounded`]), fails when S3 takes no
+//! chunk of its body, or gives no answer once the body is complete, within the bound; the
+//! server-side CopyObject, which may copy up to 5 GiB, gets ten times the bound (see
+//! [`for_copies`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -578,6 +580,15 @@ impl Target {
     }
 }
 
+/// The error of a streamed upload that made no progress for `bound`.
+fn stalled(what: &str, bound: Duration) -> Error {
+    Error::new(
+        Kind::GatewayTimeout,
+        Origin::Storage,
+        format!("S3 {what}: no progress for {} s", bound.as_secs()),
+    )
+}
+
 /// A request whose attempt is not bounded in time (a body fed at its sender's pace: a slow
 /// client is not a stalled S3).
 fn unbounded() -> aws_sdk_s3::config::Builder {
@@ -586,6 +597,15 @@ fn unbounded() -> aws_sdk_s3::config::Builder {
             .disable_operation_attempt_timeout()
             .build(),
     )
+}
+
+/// The configured attempt bound (`[storage] s3_attempt_timeout_secs`).
+fn attempt_bound(client: &Client) -> Duration {
+    client
+        .config()
+        .timeout_config()
+        .and_then(|t| t.operation_attempt_timeout())
+        .unwrap_or(Duration::from_secs(30))
 }
 
 /// The attempt bound of a server-side copy: ten times the configured one.
@@ -684,11 +704,17 @@ impl StagedPutWriter {
         }
     }
 
-    /// Waits for the PutObject to end (its body is complete or cut short by now).
-    async fn finish_upload(upload: JoinHandle<Result<()>>) -> Result<()> {
-        upload
-            .await
-            .map_err(|e| Error::internal(format!("S3 upload task: {e}")))?
+    /// Waits for the PutObject to end (its body is complete or cut short by now), at most
+    /// the attempt bound: a backend that took the whole body and never answers fails it.
+    async fn finish_upload(upload: JoinHandle<Result<()>>, bound: Duration) -> Result<()> {
+        let abort = upload.abort_handle();
+        match tokio::time::timeout(bound, upload).await {
+            Ok(ended) => ended.map_err(|e| Error::internal(format!("S3 upload task: {e}")))?,
+            Err(_) => {
+                abort.abort();
+                Err(stalled("PutObject answer", bound))
+            }
+        }
     }
 
     /// Ends the body early (so the PutObject fails) and deletes the staging key if it was
@@ -701,8 +727,9 @@ impl StagedPutWriter {
             self.target.bucket.clone(),
             self.staging_key.clone(),
         );
+        let bound = attempt_bound(&client);
         Some(async move {
-            if Self::finish_upload(upload).await.is_ok() {
+            if Self::finish_upload(upload, bound).await.is_ok() {
                 delete_quietly(&client, &bucket, &key).await;
             }
         })
@@ -716,8 +743,12 @@ impl ObjectWriter for StagedPutWriter {
             .body
             .as_ref()
             .ok_or_else(|| Error::internal("writer already closed"))?;
-        if body.send(chunk).await.is_ok() {
-            return Ok(());
+        let bound = attempt_bound(&self.target.client);
+        match tokio::time::timeout(bound, body.send(chunk)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => {}
+            // S3 stopped taking the body: the request is given up (dropped by `cleanup`).
+            Err(_) => return Err(stalled("PutObject body", bound)),
         }
         // The request ended before its body: report why.
         self.body.take();
@@ -725,7 +756,7 @@ impl ObjectWriter for StagedPutWriter {
             .upload
             .take()
             .ok_or_else(|| Error::internal("writer already closed"))?;
-        Self::finish_upload(upload).await?;
+        Self::finish_upload(upload, bound).await?;
         Err(Error::storage(format!(
             "S3 PutObject {}: request ended before its body",
             self.target.describe()
@@ -738,7 +769,7 @@ impl ObjectWriter for StagedPutWriter {
             .upload
             .take()
             .ok_or_else(|| Error::internal("writer already closed"))?;
-        Self::finish_upload(upload).await?;
+        Self::finish_upload(upload, attempt_bound(&self.target.client)).await?;
         let copied = self
             .target
             .copy_from(&self.staging_key, hash_metadata(sha256))
