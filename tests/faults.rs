@@ -480,17 +480,7 @@ async fn an_s3_backend_that_never_answers_does_not_hold_a_delete() {
         "never served while its delete is unsettled"
     );
     // Settled as deleted: the name takes a new version.
-    let again = data(21_000, 13);
-    eventually(Duration::from_secs(40), "the delete settled", || async {
-        let r = client()
-            .post(site.url("/cloudclonestore/mute/obj"))
-            .body(again.clone())
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 201).then_some(())
-    })
-    .await;
+    writable_again(&site, "mute/obj", data(21_000, 13)).await;
 }
 
 /// An upload to an S3 backend that stops answering mid-way fails within the attempt bound
@@ -512,14 +502,19 @@ async fn an_upload_to_a_mute_s3_backend_fails_and_frees_its_name() {
     assert!(r.status().is_server_error(), "{}", r.status());
     link.heal();
     link.cut_all();
-    let again = data(30_000, 16);
+    writable_again(&site, "mute/obj", data(30_000, 16)).await;
+}
+
+/// Waits until a new version of `path` (bucket/key) can be written at `site`: whatever held
+/// the name (a delete or an upload of unknown outcome) has settled.
+async fn writable_again(site: &Site, path: &str, body: Vec<u8>) {
     eventually(
         Duration::from_secs(40),
         "the name writable again",
         || async {
             let r = client()
-                .post(site.url("/cloudclonestore/mute/obj"))
-                .body(again.clone())
+                .post(site.url(&format!("/cloudclonestore/{path}")))
+                .body(body.clone())
                 .send()
                 .await
                 .ok()?;
