@@ -234,9 +234,9 @@ pub struct StorageConfig {
     pub block_size_bytes: u64,
     /// S3: the longest one attempt of a request may wait for its answer (then it is retried,
     /// and after the last attempt the operation fails as a timeout). A backend that accepts a
-    /// request and never answers must not hold a delete or an order for good. Streamed
-    /// uploads, paced by their sender, are not bounded by it; server-side copies get ten times
-    /// as long.
+    /// request and never answers must not hold a delete or an order for good. A streamed
+    /// upload, paced by its sender, must have each chunk taken, and its answer once the body
+    /// is complete, within it; server-side copies get ten times as long.
     #[serde(default = "default_s3_attempt_timeout")]
     pub s3_attempt_timeout_secs: u64,
 }
