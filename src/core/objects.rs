@@ -119,11 +119,10 @@ const FORGET_TRIES: u32 = 6;
 /// (every 10 s at most), then its row. Left UPLOAD for good, the name could never be written,
 /// deleted or replicated to again (long profile, seed 3011).
 async fn forget_when_storage_answers(site: &Site, obj: &Object) {
-    let mut pause = Duration::from_secs(1);
-    while site.storage.delete(&obj.bucket, &obj.name).await.is_err() {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
+    once_storage_answers(Duration::from_secs(1), || {
+        site.storage.delete(&obj.bucket, &obj.name)
+    })
+    .await;
     match site
         .meta
         .cancel_upload(&obj.bucket, &obj.name, &obj.id)
@@ -353,21 +352,16 @@ async fn keep_after_failed_delete(site: &Site, obj: &Object, failed: Error) -> R
 /// still there, then makes the row say the same: READY if they are, deleted (orders queued)
 /// if not. A restart meanwhile finishes the delete instead (`finish_interrupted_deletes`).
 async fn settle_unknown_delete(site: &Site, obj: &Object, origin: &WriteOrigin) {
-    let mut pause = Duration::from_millis(250);
-    let settled = loop {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
-        match site.storage.stat(&obj.bucket, &obj.name).await {
-            Ok(None) => break complete_delete(site, obj, origin).await,
-            Ok(Some(_)) => {
-                break site
-                    .meta
-                    .swap_object_status(obj, Status::Deleting, Status::Ready)
-                    .await
-                    .map(drop)
-            }
-            Err(_) => continue,
-        }
+    let first = Duration::from_millis(250);
+    tokio::time::sleep(first).await; // it did not answer a moment ago
+    let held = once_storage_answers(first, || site.storage.stat(&obj.bucket, &obj.name)).await;
+    let settled = match held {
+        None => complete_delete(site, obj, origin).await,
+        Some(_) => site
+            .meta
+            .swap_object_status(obj, Status::Deleting, Status::Ready)
+            .await
+            .map(drop),
     };
     match settled {
         Ok(()) => {
@@ -376,6 +370,24 @@ async fn settle_unknown_delete(site: &Site, obj: &Object, origin: &WriteOrigin) 
         Err(e) => {
             tracing::warn!(bucket = %obj.bucket, object = %obj.name, "settling a delete of unknown outcome: {e}")
         }
+    }
+}
+
+/// The answer of `ask` once the storage gives one: asked again after `first`, then after
+/// twice as long each time, up to every 10 s. For what must happen however long the storage is
+/// away (work left half-done by a failed storage call, which a row in a transient state holds).
+async fn once_storage_answers<T, F, Fut>(first: Duration, mut ask: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = first;
+    loop {
+        if let Ok(answer) = ask().await {
+            return answer;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
     }
 }
 
