@@ -2,7 +2,7 @@
 //! storing a stream (hash and size checked before anything becomes visible) and reading a
 //! stored object with verification on the way out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,27 +151,34 @@ pub async fn store(
     store_incoming(site, obj, Incoming::Stream(body), expected, origin).await
 }
 
-/// [`store`] for bytes already in a file of this site's disk: a pull staged by verified
-/// blocks (`blocks`, the source's block hashes). The file is read once to check its size and
-/// whole SHA-256 against the order, then becomes the object's bytes in place where the storage
-/// can adopt it (fs: one rename, no second write); elsewhere it is streamed in once.
+/// A file of this site's disk every block of which was checked, as it was written, against the
+/// block hashes the source recorded for the version an order names, in the same pass as that
+/// version's SHA-256 (by the ranged pull that filled it). Its bytes are that version: they are
+/// not hashed again (one SHA-256 per byte per hop).
+pub struct VerifiedStaging {
+    pub path: PathBuf,
+    pub blocks: BlockHashes,
+    /// Adler-32 of the whole file, combined from its blocks' (for the catalogue).
+    pub adler32: u32,
+}
+
+/// [`store`] for bytes already in a file of this site's disk, verified block by block. Its
+/// size is checked against the order, then it becomes the object's bytes in place where the
+/// storage can adopt it (fs: one rename, no second write); elsewhere it is streamed in once.
 pub async fn store_staged(
     site: &Site,
     obj: Object,
-    staged: &Path,
-    blocks: BlockHashes,
+    staged: VerifiedStaging,
     expected: Expected,
     origin: &WriteOrigin,
 ) -> Result<Object> {
-    let incoming = Incoming::Staged(staged.to_path_buf(), blocks);
-    store_incoming(site, obj, incoming, expected, origin).await
+    store_incoming(site, obj, Incoming::Staged(staged), expected, origin).await
 }
 
 /// Where the bytes of a store come from.
 enum Incoming {
     Stream(ByteStream),
-    /// A verified staging file and its block hashes.
-    Staged(PathBuf, BlockHashes),
+    Staged(VerifiedStaging),
 }
 
 async fn store_incoming(
@@ -200,8 +207,8 @@ async fn store_incoming(
     }
     let received = match incoming {
         Incoming::Stream(body) => receive(site, &obj, body, &expected, &mut guard.committed).await,
-        Incoming::Staged(path, blocks) => {
-            adopt_staged(site, &obj, &path, blocks, &expected, &mut guard.committed).await
+        Incoming::Staged(staged) => {
+            adopt_staged(site, &obj, staged, &expected, &mut guard.committed).await
         }
     };
     let received = match received {
@@ -501,59 +508,42 @@ async fn receive(
     })
 }
 
-/// Takes a staged file as an object's bytes: hashed once (size and SHA-256 checked as
-/// `receive` checks a stream), then adopted in place by a storage that can; another storage
-/// gets the file streamed in once.
+/// Takes a verified staging file as an object's bytes: adopted in place by a storage that can
+/// (its size checked against the order; its blocks, verified as they arrived, make its
+/// SHA-256 the order's); another storage gets the file streamed in once, hashed on the way.
 async fn adopt_staged(
     site: &Site,
     obj: &Object,
-    staged: &Path,
-    blocks: BlockHashes,
+    staged: VerifiedStaging,
     expected: &Expected,
     commit_tried: &mut bool,
 ) -> Result<Received> {
     if !site.storage.adopts_files() {
-        let file = tokio::fs::File::open(staged).await?;
+        let file = tokio::fs::File::open(&staged.path).await?;
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
             .map(|r| r.map_err(Error::from));
         return receive(site, obj, Box::pin(body), expected, commit_tried).await;
     }
-    let received = hash_file(staged.to_path_buf()).await?;
-    check_expected(expected, received.size, &received.sha256)?;
+    let Some(sha256) = expected.hash.clone() else {
+        return Err(Error::internal(
+            "a staged pull for an order naming no version",
+        ));
+    };
+    let size = tokio::fs::metadata(&staged.path).await?.len();
+    check_expected(expected, size, &sha256)?;
     *commit_tried = true;
-    site.storage.adopt(&obj.bucket, &obj.name, staged).await?;
-    site.meta
-        .put_blocks(&obj.bucket, &obj.name, &received.sha256, &blocks)
+    site.storage
+        .adopt(&obj.bucket, &obj.name, &staged.path)
         .await?;
-    metrics::counter!("mirrorgate_pull_adopted_bytes_total").increment(received.size);
-    Ok(received)
-}
-
-/// Size, SHA-256 and adler32 of a file, read once off the reactor.
-async fn hash_file(path: PathBuf) -> Result<Received> {
-    tokio::task::spawn_blocking(move || -> Result<Received> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&path)?;
-        let (mut hasher, mut adler) = (Sha256::new(), adler2::Adler32::new());
-        let mut buf = vec![0u8; 1024 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            adler.write_slice(&buf[..n]);
-            size += n as u64;
-        }
-        Ok(Received {
-            size,
-            sha256: hash::encode(&hasher.finalize()),
-            adler32: crate::model::replica::adler32_text(adler.checksum()),
-        })
+    site.meta
+        .put_blocks(&obj.bucket, &obj.name, &sha256, &staged.blocks)
+        .await?;
+    metrics::counter!("mirrorgate_pull_adopted_bytes_total").increment(size);
+    Ok(Received {
+        size,
+        sha256,
+        adler32: crate::model::replica::adler32_text(staged.adler32),
     })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))?
 }
 
 /// The size and hash checks of a write against what the sender declared.

@@ -195,9 +195,45 @@ pub fn adler32_text(checksum: u32) -> String {
     format!("{checksum:08x}")
 }
 
+/// Adler-32 of `first` followed by `second` (`second_len` bytes), from the two checksums: the
+/// sum `a` adds up (less the initial 1 counted twice), and each byte of `second` adds to `b` the
+/// bytes of `first` once more. Lets the blocks of a file be checksummed apart (out of order, on
+/// several streams) without reading the file again.
+pub fn adler32_concat(first: u32, second: u32, second_len: u64) -> u32 {
+    const MOD: u64 = 65_521;
+    let (a1, b1) = (u64::from(first & 0xffff), u64::from(first >> 16));
+    let (a2, b2) = (u64::from(second & 0xffff), u64::from(second >> 16));
+    let a = (a1 + a2 + MOD - 1) % MOD;
+    let b = (b1 + b2 + (second_len % MOD) * ((a1 + MOD - 1) % MOD)) % MOD;
+    ((b << 16) | a) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn adler(bytes: &[u8]) -> u32 {
+        let mut a = adler2::Adler32::new();
+        a.write_slice(bytes);
+        a.checksum()
+    }
+
+    #[test]
+    fn adler32_of_a_concatenation_comes_from_its_parts() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for cut in [0, 1, 5_552, 65_521, 131_042, 299_999, 300_000] {
+            let (x, y) = data.split_at(cut);
+            assert_eq!(
+                adler32_concat(adler(x), adler(y), y.len() as u64),
+                adler(&data),
+                "cut at {cut}"
+            );
+        }
+        let blocks = data.chunks(70_000).fold(1, |acc, block| {
+            adler32_concat(acc, adler(block), block.len() as u64)
+        });
+        assert_eq!(blocks, adler(&data));
+    }
 
     #[test]
     fn states_parse_from_code_or_name() {

@@ -414,10 +414,10 @@ async fn pull_from(
     let bucket = &o.bucket_name;
     // A large object comes by verified ranges into a resumable staging file.
     let (headers, body, staging) = match ranged::pull(state, o, name, site).await? {
-        Some((headers, staging, blocks)) => {
+        Some((headers, staging, verified)) => {
             let body = match current {
                 // A new copy takes the staged file itself (see `objects::store_staged`).
-                None => Incoming::Staged(blocks),
+                None => Incoming::Staged(verified),
                 Some(_) => Incoming::Stream(staging.stream().await?),
             };
             (headers, body, Some(staging))
@@ -453,9 +453,8 @@ async fn pull_from(
         from_site: o.from_site.clone(),
     };
     let stored = match (current, body, &staging) {
-        (None, Incoming::Staged(blocks), Some(staging)) => {
-            let path = staging.path();
-            objects::store_staged(&state.site, obj, path, blocks, expected, &origin).await
+        (None, Incoming::Staged(verified), Some(_)) => {
+            objects::store_staged(&state.site, obj, verified, expected, &origin).await
         }
         (Some(current), Incoming::Stream(body), _) => {
             objects::replace(&state.site, current, obj, body, expected, &origin).await
@@ -503,7 +502,7 @@ async fn pull_from(
 /// The bytes of a pull: a stream, or the verified staging file of a ranged pull.
 enum Incoming {
     Stream(ByteStream),
-    Staged(crate::model::blocks::BlockHashes),
+    Staged(objects::VerifiedStaging),
 }
 
 /// Opens `bucket/name` at `site` through its remote route (the site's own store), refusing a

@@ -1,17 +1,20 @@
 //! Large objects are pulled as several ranges at once (bounded concurrency), each block
 //! checked against the source's block hashes as it arrives and written at its offset in a
 //! staging file under `<data_dir>/staging`. The staging file and the list of its verified
-//! blocks (`.blocks`, appended after the file is synced) survive a cut connection, a peer
-//! restart and a receiver restart: the next attempt fetches only the blocks not verified yet.
-//! The complete staging file then becomes the copy in place (`objects::store_staged`: whole
-//! size and SHA-256 checked against the order, then adopted by the storage, no second write).
+//! blocks (`.blocks`) survive a cut connection, a peer restart and a receiver restart: the
+//! next attempt fetches only the blocks not verified yet. Neither is synced block by block
+//! (what a killed process wrote stays in the page cache); instead the blocks on record are
+//! read and checked again when a pull resumes, so a machine crash that lost some of them only
+//! makes them travel again. The complete staging file then becomes the copy in place
+//! (`objects::store_staged`: size checked against the order, synced and adopted by the
+//! storage; no second write, and no second SHA-256: every byte was checked by its block).
 //!
 //! A staging file belongs to one committed version (its name hashes bucket, name and the
 //! order's hash): a source only announces an object once it committed it, so nothing staged
 //! here is ever of an upload the source did not finish, and a staging file whose order ended
 //! (stored, superseded, failed for good) is removed.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -24,10 +27,12 @@ use sha2::{Digest, Sha256};
 
 use super::applier::{report_corrupt, Failure};
 use super::Replication;
+use crate::core::objects::VerifiedStaging;
 use crate::core::wire::{CLIENT_ID, HASH, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
 use crate::error::{Error, Result};
 use crate::model::blocks::{self, BlockHashes};
 use crate::model::order::Order;
+use crate::model::replica::adler32_concat;
 use crate::storage::ByteStream;
 
 /// Retries of a cut range within one attempt (each resumes after its last verified block).
@@ -88,15 +93,12 @@ impl Staging {
         )
     }
 
-    /// Records block `index` verified: the staging file is synced first, so a recorded block
-    /// is always on disk.
-    fn record(&self, file: &std::fs::File, index: u64) -> Result<()> {
-        file.sync_data()?;
+    /// Records block `index` verified (not synced: see the module's comment).
+    fn record(&self, index: u64) -> Result<()> {
         let mut progress = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.progress)?;
         progress.write_all(&(index as u32).to_le_bytes())?;
-        progress.sync_data()?;
         Ok(())
     }
 
@@ -120,6 +122,36 @@ impl Staging {
     }
 }
 
+/// Blocks a previous attempt recorded, read back and checked again (a crash of the machine
+/// may have lost what it wrote), with their Adler-32: those that still match.
+fn recheck(
+    file: &std::fs::File,
+    recorded: &BTreeSet<u64>,
+    blocks: &BlockHashes,
+    size: u64,
+) -> Result<BTreeMap<u64, u32>> {
+    let mut kept = BTreeMap::new();
+    let mut buf = Vec::new();
+    for &index in recorded {
+        let Some(expected) = blocks.digests.get(index as usize) else {
+            continue;
+        };
+        let (from, to) = blocks.span(index, size);
+        buf.resize((to - from) as usize, 0);
+        file.read_exact_at(&mut buf, from)?;
+        if blocks::digest(&buf) == *expected {
+            kept.insert(index, adler32(&buf));
+        }
+    }
+    Ok(kept)
+}
+
+fn adler32(bytes: &[u8]) -> u32 {
+    let mut adler = adler2::Adler32::new();
+    adler.write_slice(bytes);
+    adler.checksum()
+}
+
 /// What the workers of one pull share.
 struct Pull<'a> {
     state: &'a Replication,
@@ -131,19 +163,21 @@ struct Pull<'a> {
     staging: &'a Staging,
     file: Arc<std::fs::File>,
     runs: Mutex<VecDeque<(u64, u64)>>,
+    /// The verified blocks and their Adler-32.
+    verified: Mutex<BTreeMap<u64, u32>>,
     retries: Mutex<u32>,
     failed: Mutex<Option<Failure>>,
 }
 
 /// Pulls `name` from `site` by ranges into its staging file, when the object is large enough
-/// and the source has its block hashes. Returns the source's object headers (None: pull it
-/// as one stream instead).
+/// and the source has its block hashes. Returns the source's object headers and the staging
+/// (None: pull it as one stream instead).
 pub(crate) async fn pull(
     state: &Replication,
     order: &Order,
     name: &str,
     site: &str,
-) -> std::result::Result<Option<(HeaderMap, Staging, BlockHashes)>, Failure> {
+) -> std::result::Result<Option<(HeaderMap, Staging, VerifiedStaging)>, Failure> {
     let cfg = &state.config.replication;
     let (Some(size), Some(hash)) = (order.size, order.hash.as_deref()) else {
         return Ok(None);
@@ -159,20 +193,27 @@ pub(crate) async fn pull(
     let Some((headers, blocks)) = source_blocks(state, order, &base, &object, site).await? else {
         return Ok(None);
     };
+    let count = blocks.digests.len() as u64;
+    if count != size.div_ceil(blocks.block_size) {
+        return Ok(None); // a list that does not cover the object: not one to verify by
+    }
     if headers.get(HASH).and_then(|v| v.to_str().ok()) != Some(hash) {
         return Err(Failure::Permanent(format!(
             "site {site} holds another version of {object}"
         )));
     }
     let staging = Staging::of(state, &order.bucket_name, name, hash);
-    let (file, done) = {
-        let (opening, block_size) = (staging.clone(), blocks.block_size);
-        tokio::task::spawn_blocking(move || opening.open(size, block_size))
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))??
+    let (file, done, blocks) = {
+        let opening = staging.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let (file, recorded) = opening.open(size, blocks.block_size)?;
+            let done = recheck(&file, &recorded, &blocks, size)?;
+            Ok((file, done, blocks))
+        })
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))??
     };
-    let count = blocks.digests.len() as u64;
-    let missing: Vec<u64> = (0..count).filter(|i| !done.contains(i)).collect();
+    let missing: Vec<u64> = (0..count).filter(|i| !done.contains_key(i)).collect();
     if !done.is_empty() {
         tracing::info!(object = %object, verified = done.len(), blocks = count, "resuming a pull from its verified blocks");
     }
@@ -186,6 +227,7 @@ pub(crate) async fn pull(
         blocks,
         staging: &staging,
         file: Arc::new(file),
+        verified: Mutex::new(done),
         retries: Mutex::new(0),
         failed: Mutex::new(None),
     };
@@ -194,8 +236,25 @@ pub(crate) async fn pull(
     if let Some(failure) = pull.failed.lock().unwrap().take() {
         return Err(failure);
     }
+    let verified = pull.verified.into_inner().unwrap();
+    if verified.len() as u64 != count {
+        return Err(Failure::Transient(format!(
+            "{} of {count} blocks of {object} verified",
+            verified.len()
+        )));
+    }
+    let adler32 = verified.iter().fold(1, |whole, (&index, &block)| {
+        let (from, to) = pull.blocks.span(index, size);
+        adler32_concat(whole, block, to - from)
+    });
+    let path = staging.path().to_path_buf();
     let blocks = pull.blocks;
-    Ok(Some((headers, staging, blocks)))
+    let verified = VerifiedStaging {
+        path,
+        blocks,
+        adler32,
+    };
+    Ok(Some((headers, staging, verified)))
 }
 
 /// The source's object headers and block hashes (None: it has none for this version).
@@ -369,17 +428,17 @@ impl Pull<'_> {
         let (file, staging) = (self.file.clone(), self.staging.clone());
         let offset = self.blocks.span(index, self.size).0;
         let len = block.len() as u64;
-        let matched = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let matched = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
             if Some(blocks::digest(&block)) != expected {
-                return Ok(false);
+                return Ok(None);
             }
             file.write_all_at(&block, offset)?;
-            staging.record(&file, index)?;
-            Ok(true)
+            staging.record(index)?;
+            Ok(Some(adler32(&block)))
         })
         .await
         .map_err(|e| Failure::Transient(e.to_string()))??;
-        if !matched {
+        let Some(adler) = matched else {
             metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
                 .increment(1);
             let why = format!(
@@ -391,7 +450,8 @@ impl Pull<'_> {
             let hash = o.hash.as_deref().unwrap_or_default();
             report_corrupt(self.state, self.site, &o.bucket_name, name, hash, &why);
             return Err(Failure::Transient(format!("integrity: {why}")));
-        }
+        };
+        self.verified.lock().unwrap().insert(index, adler);
         metrics::counter!("mirrorgate_pull_block_bytes_total").increment(len);
         Ok(())
     }
