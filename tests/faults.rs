@@ -467,6 +467,11 @@ async fn an_s3_backend_that_never_answers_does_not_hold_a_delete() {
     assert_eq!(r.status(), 503);
     let key = root.path().join("s3").join("mg-mute").join("obj");
     assert!(!key.exists(), "S3 carried the delete out");
+    assert_eq!(
+        in_flight(&site).await,
+        (0, 1),
+        "a delete under way, for the operator"
+    );
     link.heal();
     link.cut_all(); // the held connections are not reused
     let r = client()
@@ -481,6 +486,24 @@ async fn an_s3_backend_that_never_answers_does_not_hold_a_delete() {
     );
     // Settled as deleted: the name takes a new version.
     writable_again(&site, "mute/obj", data(21_000, 13)).await;
+    assert_eq!(in_flight(&site).await, (0, 0));
+}
+
+/// Uploads and deletes under way at `site`, from its operator status.
+async fn in_flight(site: &Site) -> (i64, i64) {
+    let v: serde_json::Value = client()
+        .get(site.url("/api/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let o = &v["objects"];
+    (
+        o["uploading"].as_i64().unwrap(),
+        o["deleting"].as_i64().unwrap(),
+    )
 }
 
 /// An upload to an S3 backend that stops answering mid-way fails within the attempt bound

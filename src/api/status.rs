@@ -1,7 +1,7 @@
 //! `GET /api/status`: one answer to "is a site behind, by how much, since when, and why". This
 //! site and every peer (reachability, last contact), per peer the replication backlog, its
 //! oldest order, recent throughput and failures grouped by reason, pauses, running tasks, DR
-//! servers with RPO, copies under repair and the scrubber. Operator class, read scope (the
+//! servers with RPO, copies under repair, uploads and deletes under way and the scrubber. Operator class, read scope (the
 //! control-plane auth layer checks it like every `/api/` route). The same figures are
 //! published as Prometheus gauges each time the view is computed and every few seconds.
 
@@ -75,7 +75,8 @@ pub async fn snapshot(state: &AppState, behind_secs: u64) -> Result<Value> {
     }
     peers.sort_by_key(|p| std::cmp::Reverse(severity(p)));
     let copies = state.meta.copy_health(&state.site_id).await?;
-    publish_site_gauges(&copies);
+    let objects = state.meta.objects_in_flight().await?;
+    publish_site_gauges(&copies, &objects);
     let (scrub_bucket, scrub_name, pass, pass_started) = state.meta.scrub_cursor().await?;
     Ok(json!({
         "site": { "id": state.site_id, "url": state.public_url, "now": now },
@@ -85,6 +86,7 @@ pub async fn snapshot(state: &AppState, behind_secs: u64) -> Result<Value> {
         "tasks": tasks(state).await?,
         "dr": { "servers": dr_servers(state).await? },
         "copies": copies,
+        "objects": objects,
         "scrubber": {
             "pass": pass, "passStartedAt": pass_started,
             "position": { "bucket": scrub_bucket, "key": scrub_name },
@@ -246,7 +248,14 @@ fn publish_peer_gauges(peer: &str, reachable: bool, failed: i64) {
     metrics::gauge!("mirrorgate_replication_failed_operations", "peer" => peer).set(failed as f64);
 }
 
-fn publish_site_gauges(copies: &crate::meta::status::CopyHealth) {
+fn publish_site_gauges(
+    copies: &crate::meta::status::CopyHealth,
+    objects: &crate::meta::status::ObjectsInFlight,
+) {
+    metrics::gauge!("mirrorgate_objects_in_flight", "status" => "UPLOAD")
+        .set(objects.uploading as f64);
+    metrics::gauge!("mirrorgate_objects_in_flight", "status" => "DELETING")
+        .set(objects.deleting as f64);
     metrics::gauge!("mirrorgate_copies_repairs_in_flight").set(copies.repairs_in_flight as f64);
     metrics::gauge!("mirrorgate_copies_suspicious_last_day").set(copies.suspicious_last_day as f64);
     metrics::gauge!("mirrorgate_copies_lost_last_day").set(copies.lost_last_day as f64);

@@ -167,6 +167,12 @@ pub fn render(view: &Value) -> String {
         "\ncopies: {} repairs in flight, {} suspicious and {} lost in the last day; scrubber pass {}",
         c["repairsInFlight"], c["suspiciousLastDay"], c["lostLastDay"], view["scrubber"]["pass"]
     );
+    let o = &view["objects"];
+    let _ = writeln!(
+        out,
+        "objects: {} uploads and {} deletes under way",
+        o["uploading"], o["deleting"]
+    );
     out
 }
 

@@ -28,6 +28,17 @@ pub struct CopyHealth {
     pub lost_last_day: i64,
 }
 
+/// Objects of this site between two states right now. After a burst of work both go back to
+/// zero; a delete whose outcome waits for the storage stays DELETING until it answers.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectsInFlight {
+    /// Uploads (from clients or peers) not READY yet.
+    pub uploading: i64,
+    /// Deletes not done yet.
+    pub deleting: i64,
+}
+
 const EXAMPLES: i64 = 3;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -83,6 +94,22 @@ impl MetaStore {
             repairs_in_flight: row.get(0),
             suspicious_last_day: row.get(1),
             lost_last_day: row.get(2),
+        })
+    }
+
+    /// Uploads and deletes under way at this site (by the status index).
+    pub async fn objects_in_flight(&self) -> Result<ObjectsInFlight> {
+        let row = sqlx::query(
+            "SELECT
+               COALESCE(SUM(CASE WHEN status = 'UPLOAD' THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN status = 'DELETING' THEN 1 ELSE 0 END), 0)
+             FROM objects WHERE status IN ('UPLOAD', 'DELETING')",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ObjectsInFlight {
+            uploading: row.get(0),
+            deleting: row.get(1),
         })
     }
 }
