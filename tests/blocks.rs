@@ -439,22 +439,30 @@ async fn a_cut_pull_resumes_from_its_verified_blocks() {
     .await;
 }
 
-#[tokio::test]
-async fn a_killed_receiver_resumes_from_its_verified_blocks() {
+/// A pull of `big/obj` (`BLOCKS` blocks, one stream) with B killed once 8 blocks are staged.
+/// Returns the sites (B down), the proxy (throttled) and the blocks B had recorded.
+async fn receiver_killed_mid_pull(body: &[u8]) -> (Site, Site, proxy::Proxy, usize) {
     let (a, mut b, proxy) = pair_through_proxy(1).await;
     create_bucket(&a, "big").await;
     bucket_arrives(&b, "big").await;
-    let blocks = 64;
-    let body = data(blocks * BLOCK, 8);
     proxy.throttle(1_000_000);
-    put_object(&a, "big", "obj", body.clone()).await;
+    put_object(&a, "big", "obj", body.to_vec()).await;
     eventually(Duration::from_secs(60), "8 blocks staged at B", || async {
         (staged_blocks(&b) >= 8).then_some(())
     })
     .await;
     b.kill9();
     let verified = staged_blocks(&b);
-    assert!(verified < blocks, "killed mid-pull");
+    assert!(verified < BLOCKS, "killed mid-pull");
+    (a, b, proxy, verified)
+}
+
+const BLOCKS: usize = 64;
+
+#[tokio::test]
+async fn a_killed_receiver_resumes_from_its_verified_blocks() {
+    let (blocks, body) = (BLOCKS, data(BLOCKS * BLOCK, 8));
+    let (_a, mut b, proxy, verified) = receiver_killed_mid_pull(&body).await;
     proxy.throttle(0);
     b.restart();
     arrives(&b, "big", "obj", &body).await;
@@ -474,19 +482,8 @@ async fn a_killed_receiver_resumes_from_its_verified_blocks() {
 /// (its bytes zeroed here while the receiver is down) is found on resume and fetched again.
 #[tokio::test]
 async fn a_staged_block_a_crash_lost_is_fetched_again() {
-    let (a, mut b, proxy) = pair_through_proxy(1).await;
-    create_bucket(&a, "big").await;
-    bucket_arrives(&b, "big").await;
-    let blocks = 64;
-    let body = data(blocks * BLOCK, 10);
-    proxy.throttle(1_000_000);
-    put_object(&a, "big", "obj", body.clone()).await;
-    eventually(Duration::from_secs(60), "8 blocks staged at B", || async {
-        (staged_blocks(&b) >= 8).then_some(())
-    })
-    .await;
-    b.kill9();
-    let verified = staged_blocks(&b);
+    let (blocks, body) = (BLOCKS, data(BLOCKS * BLOCK, 10));
+    let (_a, mut b, proxy, verified) = receiver_killed_mid_pull(&body).await;
     let part = std::fs::read_dir(b.dir.join("staging"))
         .unwrap()
         .filter_map(Result::ok)
