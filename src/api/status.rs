@@ -1,9 +1,10 @@
 //! `GET /api/status`: one answer to "is a site behind, by how much, since when, and why". This
 //! site and every peer (reachability, last contact), per peer the replication backlog, its
 //! oldest order, recent throughput and failures grouped by reason, pauses, running tasks, DR
-//! servers with RPO, copies under repair, uploads and deletes under way and the scrubber. Operator class, read scope (the
-//! control-plane auth layer checks it like every `/api/` route). The same figures are
-//! published as Prometheus gauges each time the view is computed and every few seconds.
+//! servers with RPO, copies under repair, uploads and deletes under way and the scrubber.
+//! Operator class, read scope (the control-plane auth layer checks it like every `/api/`
+//! route). The same figures are published as Prometheus gauges each time the view is
+//! computed and every few seconds.
 
 use std::time::Duration;
 
