@@ -195,6 +195,13 @@ pub fn adler32_text(checksum: u32) -> String {
     format!("{checksum:08x}")
 }
 
+/// Adler-32 of `bytes`, in one step.
+pub fn adler32_of(bytes: &[u8]) -> u32 {
+    let mut adler = adler2::Adler32::new();
+    adler.write_slice(bytes);
+    adler.checksum()
+}
+
 /// Adler-32 of `first` followed by `second` (`second_len` bytes), from the two checksums: the
 /// sum `a` adds up (less the initial 1 counted twice), and each byte of `second` adds to `b` the
 /// bytes of `first` once more. Lets the blocks of a file be checksummed apart (out of order, on
@@ -212,27 +219,21 @@ pub fn adler32_concat(first: u32, second: u32, second_len: u64) -> u32 {
 mod tests {
     use super::*;
 
-    fn adler(bytes: &[u8]) -> u32 {
-        let mut a = adler2::Adler32::new();
-        a.write_slice(bytes);
-        a.checksum()
-    }
-
     #[test]
     fn adler32_of_a_concatenation_comes_from_its_parts() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         for cut in [0, 1, 5_552, 65_521, 131_042, 299_999, 300_000] {
             let (x, y) = data.split_at(cut);
             assert_eq!(
-                adler32_concat(adler(x), adler(y), y.len() as u64),
-                adler(&data),
+                adler32_concat(adler32_of(x), adler32_of(y), y.len() as u64),
+                adler32_of(&data),
                 "cut at {cut}"
             );
         }
         let blocks = data.chunks(70_000).fold(1, |acc, block| {
-            adler32_concat(acc, adler(block), block.len() as u64)
+            adler32_concat(acc, adler32_of(block), block.len() as u64)
         });
-        assert_eq!(blocks, adler(&data));
+        assert_eq!(blocks, adler32_of(&data));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::core::wire::{CLIENT_ID, HASH, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
 use crate::error::{Error, Result};
 use crate::model::blocks::{self, BlockHashes};
 use crate::model::order::Order;
-use crate::model::replica::adler32_concat;
+use crate::model::replica::{adler32_concat, adler32_of};
 use crate::storage::ByteStream;
 
 /// Retries of a cut range within one attempt (each resumes after its last verified block).
@@ -140,16 +140,10 @@ fn recheck(
         buf.resize((to - from) as usize, 0);
         file.read_exact_at(&mut buf, from)?;
         if blocks::digest(&buf) == *expected {
-            kept.insert(index, adler32(&buf));
+            kept.insert(index, adler32_of(&buf));
         }
     }
     Ok(kept)
-}
-
-fn adler32(bytes: &[u8]) -> u32 {
-    let mut adler = adler2::Adler32::new();
-    adler.write_slice(bytes);
-    adler.checksum()
 }
 
 /// What the workers of one pull share.
@@ -434,7 +428,7 @@ impl Pull<'_> {
             }
             file.write_all_at(&block, offset)?;
             staging.record(index)?;
-            Ok(Some(adler32(&block)))
+            Ok(Some(adler32_of(&block)))
         })
         .await
         .map_err(|e| Failure::Transient(e.to_string()))??;
