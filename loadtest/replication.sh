@@ -15,6 +15,8 @@
 # Usage: loadtest/replication.sh
 # Environment (all optional):
 #   N_SMALL=1000  CONC=8  WORKERS=4  BIG_GIB=4  (BIG_GIB=0 skips (b))  IPERF_SECS=5  DD_MIB=1024
+#   OVERLAP=true  (false: B pulls the big object only once A committed it, as before issue 14's
+#   overlap)
 #
 # The disk's own write rate (dd conv=fsync) is measured in the same run, and the report gives
 # the ratios to the issue-14 targets: 1 MiB objects end to end >= 0.8x of (dd rate / 2), both
@@ -179,6 +181,7 @@ url = "http://127.0.0.1:$4"
 [replication]
 enabled = $5
 workers = $WORKERS
+overlap_uploads = ${OVERLAP:-true}
 
 [auth]
 enabled = false

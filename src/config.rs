@@ -377,6 +377,10 @@ pub struct ReplicationConfig {
     /// Ranges of one such pull in flight at once.
     #[serde(default = "default_pull_streams")]
     pub pull_streams: usize,
+    /// Peers pull such an object's completed blocks while a client still uploads it here,
+    /// so its replication overlaps the upload (`core::uploads`, `replication::prefetch`).
+    #[serde(default = "yes")]
+    pub overlap_uploads: bool,
 }
 
 fn default_ranged_pull_min() -> u64 {
@@ -400,6 +404,7 @@ impl Default for ReplicationConfig {
             failed_retention_hours: default_retention(),
             ranged_pull_min_bytes: default_ranged_pull_min(),
             pull_streams: default_pull_streams(),
+            overlap_uploads: true,
         }
     }
 }

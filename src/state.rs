@@ -83,7 +83,7 @@ impl AppState {
         };
         site.set_hooks(Arc::new(EngineHooks {
             topology: topology.clone(),
-            replication: replication.service.clone(),
+            replication: replication.clone(),
             catalogue: catalogue.clone(),
         }));
         crate::engines::definitions::register(&jobs);
@@ -172,7 +172,7 @@ async fn recover(site: &Site) -> anyhow::Result<()> {
 /// How the core's changes reach the engines.
 struct EngineHooks {
     topology: Arc<TopologyService>,
-    replication: Arc<ReplicationService>,
+    replication: Replication,
     catalogue: Catalogue,
 }
 
@@ -184,7 +184,7 @@ impl Hooks for EngineHooks {
     }
 
     fn orders_queued(&self) {
-        self.replication.outbox_ready.notify_one();
+        self.replication.service.outbox_ready.notify_one();
     }
 
     fn object_changed(&self, bucket: &str, name: Option<&str>) {
@@ -193,5 +193,9 @@ impl Hooks for EngineHooks {
 
     fn copy_corrupt(&self, bucket: &str, name: &str, hash: &str, why: &str) {
         healing::declare_detected_later(&self.catalogue, bucket, name, hash, why);
+    }
+
+    fn upload_started(&self, upload: &crate::core::uploads::UploadProgress) {
+        crate::engines::replication::prefetch::announce(&self.replication, upload);
     }
 }

@@ -349,22 +349,24 @@ async fn objects_without_blocks_serve_ranges_as_before() {
 
 // ---- parallel, resumable pulls -------------------------------------------------------------
 
-/// Objects of 256 KiB and more are pulled by ranges, `streams` at once.
-fn ranged_config(streams: usize) -> String {
+/// Objects of 256 KiB and more are pulled by ranges, `streams` at once; `overlap`: while
+/// they are uploaded.
+fn ranged_config(streams: usize, overlap: bool) -> String {
     with_blocks(&format!(
         "[replication]\nworkers = 2\nmax_attempts = 100\nbackoff_initial_ms = 100\nbackoff_max_ms = 400\n\
-         ranged_pull_min_bytes = 262144\npull_streams = {streams}\n\
+         ranged_pull_min_bytes = 262144\npull_streams = {streams}\noverlap_uploads = {overlap}\n\
          [rucio]\nbackground_interval_ms = 150\n[scrub]\nenabled = false\n"
     ))
 }
 
-/// A (the source) and B (the receiver); B reaches A only through a proxy.
+/// A (the source) and B (the receiver); B reaches A only through a proxy. Pulls start once
+/// the upload committed (the overlap has its own tests below).
 async fn pair_through_proxy(streams: usize) -> (Site, Site, proxy::Proxy) {
-    let config = ranged_config(streams);
-    let (a, b) = (
-        Site::start("site-a", &config),
-        Site::start("site-b", &config),
-    );
+    pair_of(&ranged_config(streams, false)).await
+}
+
+async fn pair_of(config: &str) -> (Site, Site, proxy::Proxy) {
+    let (a, b) = (Site::start("site-a", config), Site::start("site-b", config));
     let proxy = proxy::Proxy::start(&a.addr).await;
     add_peer(&a, &b).await;
     let r = reqwest::Client::new()
@@ -552,4 +554,130 @@ async fn a_pull_resumes_after_its_source_restarts() {
         staging_is_empty(&b).then_some(())
     })
     .await;
+}
+
+// ---- replication overlapped with the upload --------------------------------------------------
+
+/// An upload of `size` bytes to `site` whose body is sent as `body_tx` feeds it (size declared).
+fn upload_fed(
+    site: &Site,
+    bucket: &str,
+    key: &str,
+    size: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(piece)), rx))
+    });
+    let request = client()
+        .post(site.url(&format!("/cloudclonestore/{bucket}/{key}")))
+        .header("x-clonecloudstore-size", size.to_string())
+        .body(reqwest::Body::wrap_stream(stream));
+    (tx, tokio::spawn(request.send()))
+}
+
+async fn feed(tx: &tokio::sync::mpsc::Sender<Vec<u8>>, bytes: &[u8]) {
+    for piece in bytes.chunks(BLOCK / 2) {
+        tx.send(piece.to_vec()).await.unwrap();
+    }
+}
+
+fn prefetch_staged(site: &Site) -> bool {
+    std::fs::read_dir(site.dir.join("staging")).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("pf-"))
+    })
+}
+
+/// B pulls the completed blocks of a large upload at A while A still receives it; the order
+/// then pulls only the blocks B does not hold yet.
+#[tokio::test]
+async fn a_large_upload_is_replicated_while_it_is_written() {
+    let (a, b, _proxy) = pair_of(&ranged_config(2, true)).await;
+    create_bucket(&a, "big").await;
+    bucket_arrives(&b, "big").await;
+    let size = 64 * BLOCK;
+    let body = data(size, 11);
+    let (tx, upload) = upload_fed(&a, "big", "obj", size);
+    feed(&tx, &body[..size / 2]).await;
+    // Half the upload is at A, not committed: B follows it already.
+    eventually(Duration::from_secs(30), "B prefetching", || async {
+        let got = b.metric("mirrorgate_prefetch_block_bytes_total").await;
+        (got >= (16 * BLOCK) as f64).then_some(())
+    })
+    .await;
+    assert!(
+        prefetch_staged(&b),
+        "staged under the upload, not a version"
+    );
+    let r = client()
+        .head(b.url("/cloudclonestore/big/obj"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no copy before the source commits");
+    feed(&tx, &body[size / 2..]).await;
+    drop(tx);
+    assert_eq!(upload.await.unwrap().unwrap().status(), 201);
+    arrives(&b, "big", "obj", &body).await;
+    let prefetched = b.metric("mirrorgate_prefetch_block_bytes_total").await;
+    assert_eq!(
+        b.metric("mirrorgate_prefetch_ended_total{how=\"handed_over\"}")
+            .await,
+        1.0
+    );
+    // The order's pull fetched only what the prefetch had not: every block travelled once.
+    assert_eq!(
+        b.metric("mirrorgate_pull_block_bytes_total").await,
+        size as f64 - prefetched,
+        "prefetched {prefetched}"
+    );
+    assert_eq!(
+        b.metric("mirrorgate_pull_adopted_bytes_total").await,
+        size as f64
+    );
+    eventually(Duration::from_secs(10), "staging emptied", || async {
+        staging_is_empty(&b).then_some(())
+    })
+    .await;
+}
+
+/// A source killed mid-upload never commits it: the receiver that followed the upload drops
+/// what it staged once the restarted source no longer knows the upload, and holds no copy.
+#[tokio::test]
+async fn a_source_killed_mid_upload_leaves_no_copy_at_the_receiver() {
+    let (mut a, b, _proxy) = pair_of(&ranged_config(2, true)).await;
+    create_bucket(&a, "big").await;
+    bucket_arrives(&b, "big").await;
+    let size = 64 * BLOCK;
+    let body = data(size, 12);
+    let (tx, upload) = upload_fed(&a, "big", "obj", size);
+    feed(&tx, &body[..size / 2]).await;
+    eventually(Duration::from_secs(30), "B prefetching", || async {
+        let got = b.metric("mirrorgate_prefetch_block_bytes_total").await;
+        (got >= (8 * BLOCK) as f64).then_some(())
+    })
+    .await;
+    a.restart();
+    drop(tx);
+    assert!(upload.await.unwrap().is_err(), "the upload died with A");
+    eventually(Duration::from_secs(30), "the prefetch dropped", || async {
+        let dropped = b
+            .metric("mirrorgate_prefetch_ended_total{how=\"abandoned\"}")
+            .await;
+        (dropped == 1.0 && staging_is_empty(&b)).then_some(())
+    })
+    .await;
+    for site in [&a, &b] {
+        let r = client()
+            .head(site.url("/cloudclonestore/big/obj"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{}: no object", site.id);
+    }
 }

@@ -109,6 +109,9 @@ async fn peer_routes_need_a_peer_credential_when_auth_is_on() {
         (Method::POST, "/replicator/remote/catalogue/bad_replicas"),
         (Method::POST, "/replicator/remote/reports"),
         (Method::GET, "/replicator/remote/blocks/bkt/obj"),
+        (Method::POST, "/replicator/remote/prefetch"),
+        (Method::GET, "/replicator/remote/uploads/u1"),
+        (Method::GET, "/replicator/remote/uploads/u1/blocks/0"),
     ];
     let expired = {
         let now = get_current_timestamp();
@@ -584,4 +587,37 @@ async fn without_a_shared_secret_peers_authenticate_with_certificates() {
             .then_some(())
     })
     .await;
+}
+
+/// A prefetch hint speaks for the site whose upload it announces: only that site may send it.
+#[tokio::test]
+async fn prefetch_hints_come_only_from_their_authenticated_site() {
+    let a = Site::start("site-a", &auth_on(""));
+    register(&a, "site-b", "http://127.0.0.1:9").await;
+    register(&a, "site-c", "http://127.0.0.1:9").await;
+    let hint = json!({"site": "site-b", "upload": "u1", "bucket": "bkt", "name": "obj"});
+    let r = send(
+        &a,
+        "/replicator/remote/prefetch",
+        Some(&peer_token("site-c")),
+        &hint,
+    )
+    .await;
+    assert_eq!(r.status(), 403, "site-c announcing site-b's upload");
+    let r = send(
+        &a,
+        "/replicator/remote/prefetch",
+        Some(&peer_token("site-b")),
+        &hint,
+    )
+    .await;
+    assert_eq!(r.status(), 202, "site-b announcing its own upload");
+    // An upload this site does not run: 404 to any peer.
+    let r = client()
+        .get(a.url("/replicator/remote/uploads/u1"))
+        .bearer_auth(peer_token("site-b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -6,10 +6,13 @@
 //! An object known to fit in one block needs no block hashing at all: its one block digest
 //! is the object's SHA-256.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::core::uploads::UploadProgress;
 use crate::error::{Error, Result};
 use crate::model::blocks::{BlockHasher, BlockHashes};
 
@@ -39,8 +42,13 @@ pub enum SideHashes {
 }
 
 impl SideHashes {
-    /// `size_hint`: the size the sender declared, if any (a larger body fails the upload).
-    pub fn new(block_size: u64, size_hint: Option<u64>) -> Self {
+    /// `size_hint`: the size the sender declared, if any (a larger body fails the upload);
+    /// `publish`: an upload in progress whose completed blocks peers may pull already.
+    pub fn new(
+        block_size: u64,
+        size_hint: Option<u64>,
+        publish: Option<Arc<UploadProgress>>,
+    ) -> Self {
         let block_size = block_size.max(1);
         if size_hint.is_some_and(|size| size <= block_size) {
             return Self::OneBlock {
@@ -56,6 +64,9 @@ impl SideHashes {
             while let Some(chunk) = rx.blocking_recv() {
                 blocks.update(&chunk);
                 adler.write_slice(&chunk);
+                if let Some(upload) = &publish {
+                    upload.publish(blocks.completed());
+                }
             }
             SideDigests {
                 blocks: blocks.finish(),
@@ -122,7 +133,7 @@ mod tests {
     }
 
     async fn side(block_size: u64, hint: Option<u64>, data: &[u8]) -> SideDigests {
-        let mut side = SideHashes::new(block_size, hint);
+        let mut side = SideHashes::new(block_size, hint, None);
         for piece in data.chunks(700) {
             side.update(&Bytes::copy_from_slice(piece)).await.unwrap();
         }

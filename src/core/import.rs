@@ -260,7 +260,7 @@ impl Importer<'_> {
     async fn hash_by_reading(&self, stored: &StoredObject) -> Result<(String, BlockHashes)> {
         let mut body = self.storage.read(self.bucket, &stored.key).await?;
         let mut hasher = Sha256::new();
-        let mut side = SideHashes::new(self.block_size, Some(stored.size));
+        let mut side = SideHashes::new(self.block_size, Some(stored.size), None);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;

@@ -11,6 +11,7 @@ pub mod objects;
 pub mod replicas;
 pub mod site;
 pub mod stream;
+pub mod uploads;
 pub mod wire;
 
 pub use site::{Hooks, Site};

@@ -12,13 +12,14 @@ use sha2::{Digest, Sha256};
 use super::Site;
 use crate::core::digest::SideHashes;
 use crate::core::stream::{self, OnMismatch, VerifyBlocks};
+use crate::core::uploads::{InProgress, UploadStart};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::meta::{Object, Status, VersionToDelete};
 use crate::model::blocks::BlockHashes;
 use crate::model::hash;
 use crate::model::order::Action;
 use crate::model::order::WriteOrigin;
-use crate::storage::ByteStream;
+use crate::storage::{ByteStream, ObjectWriter};
 
 /// What the sender says about the bytes it sends.
 #[derive(Debug, Default, Clone)]
@@ -205,13 +206,17 @@ async fn store_incoming(
         guard.disarm(); // not registered: nothing to undo
         return Err(e);
     }
+    let overlap = overlaps_with_peers(site, origin, &expected);
     let received = match incoming {
-        Incoming::Stream(body) => receive(site, &obj, body, &expected, &mut guard.committed).await,
+        Incoming::Stream(body) => {
+            let committed = &mut guard.committed;
+            receive(site, &obj, body, &expected, committed, overlap).await
+        }
         Incoming::Staged(staged) => {
             adopt_staged(site, &obj, staged, &expected, &mut guard.committed).await
         }
     };
-    let received = match received {
+    let mut received = match received {
         Ok(r) => r,
         Err(e) => return abandon(site, guard, e).await,
     };
@@ -222,6 +227,9 @@ async fn store_incoming(
         return abandon(site, guard, e).await;
     }
     guard.disarm();
+    if let Some(upload) = received.published.take() {
+        upload.committed(&received.sha256);
+    }
     site.hooks().object_changed(&obj.bucket, Some(&obj.name));
     obj.size = received.size;
     obj.hash = Some(received.sha256);
@@ -275,7 +283,7 @@ pub async fn replace(
     expected: Expected,
     origin: &WriteOrigin,
 ) -> Result<Object> {
-    let received = receive(site, &new, body, &expected, &mut false).await?;
+    let received = receive(site, &new, body, &expected, &mut false, false).await?;
     new.size = received.size;
     new.hash = Some(received.sha256);
     new.status = Status::Ready;
@@ -436,7 +444,7 @@ pub async fn restore(site: &Site, obj: &Object, body: ByteStream) -> Result<Stri
         size: Some(obj.size),
         hash: obj.hash.clone(),
     };
-    Ok(receive(site, obj, body, &expected, &mut false)
+    Ok(receive(site, obj, body, &expected, &mut false, false)
         .await?
         .adler32)
 }
@@ -451,6 +459,41 @@ struct Received {
     sha256: String,
     /// For Rucio clients, which check adler32 (eight hex digits).
     adler32: String,
+    /// The upload as peers saw it while it was received (dropped: abandoned).
+    published: Option<InProgress>,
+}
+
+/// Whether a store may publish its blocks to peers while it is received (`core::uploads`): a
+/// client's write (peers get an order for it), replication on, and not declared too small
+/// for a ranged pull.
+fn overlaps_with_peers(site: &Site, origin: &WriteOrigin, expected: &Expected) -> bool {
+    let cfg = &site.config.replication;
+    matches!(origin, WriteOrigin::Client { .. })
+        && cfg.enabled
+        && cfg.overlap_uploads
+        && expected
+            .size
+            .is_none_or(|size| size >= cfg.ranged_pull_min_bytes.max(1))
+}
+
+/// Publishes an upload's blocks when it may overlap with its pulls (see above) and the
+/// storage stages it in a file.
+fn publish(
+    site: &Site,
+    obj: &Object,
+    expected: &Expected,
+    writer: &dyn ObjectWriter,
+    overlap: bool,
+) -> Option<InProgress> {
+    let temp = writer.staged_path().filter(|_| overlap)?;
+    Some(site.uploads.begin(UploadStart {
+        id: &obj.id,
+        bucket: &obj.bucket,
+        name: &obj.name,
+        size: expected.size,
+        block_size: site.config.storage.block_size_bytes,
+        temp,
+    }))
 }
 
 /// Streams `body` to storage while hashing, checks it against `expected` and commits it;
@@ -461,6 +504,7 @@ async fn receive(
     mut body: ByteStream,
     expected: &Expected,
     commit_tried: &mut bool,
+    overlap: bool,
 ) -> Result<Received> {
     let started = Instant::now();
     let mut writer = site
@@ -473,7 +517,15 @@ async fn receive(
         )
         .await?;
     let mut hasher = Sha256::new();
-    let mut side = SideHashes::new(site.config.storage.block_size_bytes, expected.size);
+    let published = publish(site, obj, expected, writer.as_ref(), overlap);
+    let progress = published.as_ref().map(|p| p.progress.clone());
+    let mut announce = progress.clone();
+    let mut side = SideHashes::new(
+        site.config.storage.block_size_bytes,
+        expected.size,
+        progress,
+    );
+    let announce_at = site.config.replication.ranged_pull_min_bytes.max(1);
     let mut size = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk: Bytes = chunk?;
@@ -488,6 +540,12 @@ async fn receive(
         hasher.update(&chunk);
         side.update(&chunk).await?;
         writer.write(chunk).await?;
+        // Peers hear of it once it is known to be large (declared, or that much received).
+        if expected.size.unwrap_or(size) >= announce_at {
+            if let Some(upload) = announce.take().filter(|u| u.announce()) {
+                site.hooks().upload_started(&upload);
+            }
+        }
     }
     let digest: [u8; 32] = hasher.finalize().into();
     let actual = hash::encode(&digest);
@@ -505,6 +563,7 @@ async fn receive(
         size,
         sha256: actual,
         adler32: crate::model::replica::adler32_text(side.adler32),
+        published,
     })
 }
 
@@ -522,7 +581,7 @@ async fn adopt_staged(
         let file = tokio::fs::File::open(&staged.path).await?;
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
             .map(|r| r.map_err(Error::from));
-        return receive(site, obj, Box::pin(body), expected, commit_tried).await;
+        return receive(site, obj, Box::pin(body), expected, commit_tried, false).await;
     }
     let Some(sha256) = expected.hash.clone() else {
         return Err(Error::internal(
@@ -543,6 +602,7 @@ async fn adopt_staged(
         size,
         sha256,
         adler32: crate::model::replica::adler32_text(staged.adler32),
+        published: None,
     })
 }
 

@@ -24,6 +24,8 @@ pub trait Hooks: Send + Sync {
     fn object_changed(&self, bucket: &str, name: Option<&str>);
     /// This site's copy of the version `hash` failed verification while being read.
     fn copy_corrupt(&self, bucket: &str, name: &str, hash: &str, why: &str);
+    /// A client's large upload is under way (`core::uploads`): peers may start pulling it.
+    fn upload_started(&self, upload: &crate::core::uploads::UploadProgress);
 }
 
 /// Lets an engine's context read the site's fields directly (`ctx.meta`, `ctx.site_id`).
@@ -49,6 +51,8 @@ pub struct SiteInner {
     pub public_url: String,
     pub meta: MetaStore,
     pub storage: DynStorage,
+    /// Large uploads in progress, whose completed blocks peers may pull already.
+    pub uploads: crate::core::uploads::UploadsInProgress,
     hooks: OnceLock<Arc<dyn Hooks>>,
 }
 
@@ -67,6 +71,7 @@ impl Site {
             meta,
             storage,
             config,
+            uploads: Default::default(),
             hooks: OnceLock::new(),
         }))
     }
@@ -141,4 +146,5 @@ impl Hooks for NoHooks {
     fn orders_queued(&self) {}
     fn object_changed(&self, _: &str, _: Option<&str>) {}
     fn copy_corrupt(&self, _: &str, _: &str, _: &str, _: &str) {}
+    fn upload_started(&self, _: &crate::core::uploads::UploadProgress) {}
 }

@@ -90,6 +90,11 @@ impl BlockHasher {
         }
     }
 
+    /// The digests of the blocks completed so far (the last, short block only by `finish`).
+    pub fn completed(&self) -> &[[u8; 32]] {
+        &self.digests
+    }
+
     fn close_block(&mut self) {
         let digest = std::mem::take(&mut self.current).finalize();
         self.digests.push(digest.into());

@@ -300,6 +300,10 @@ impl ObjectWriter for FsWriter {
         Ok(())
     }
 
+    fn staged_path(&self) -> Option<PathBuf> {
+        self.temp.clone()
+    }
+
     async fn commit(mut self: Box<Self>, _sha256: &str) -> Result<()> {
         self.flush_pending().await?;
         let file = self.written().await?;

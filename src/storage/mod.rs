@@ -186,6 +186,11 @@ pub trait ObjectWriter: Send {
     async fn commit(self: Box<Self>, sha256: &str) -> Result<()>;
     /// Throws the staged bytes away. Dropping a writer without commit does the same.
     async fn abort(self: Box<Self>);
+    /// The file of this site's disk the bytes are staged in, for a backend that has one (fs):
+    /// blocks written there may be read before the commit (`core::uploads`).
+    fn staged_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Builds the configured backend.

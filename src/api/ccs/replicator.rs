@@ -19,9 +19,11 @@ use super::accessor::{
 use crate::core::objects::{self, Verification};
 use crate::core::stream::Verify;
 use crate::core::wire::{wants_json, wants_zstd, HASH, SIZE, VERIFY, VERIFY_BY_RECEIVER};
+use crate::engines::replication::prefetch::{self, PrefetchHint, UploadStatus};
 use crate::engines::topology::{Caller, Located, Target};
 use crate::error::{Error, Kind, Origin, Result};
 use crate::http::common::{no_content, ClientId, OpId, CLIENT_ID, OP_ID, TARGET_ID};
+use crate::http::peer::PeerSite;
 use crate::state::AppState;
 use crate::storage::ByteStream;
 
@@ -41,6 +43,12 @@ pub fn remote_routes() -> Router<AppState> {
         .route(
             "/replicator/remote/blocks/{bucket}/{*object}",
             get(remote_blocks),
+        )
+        .route("/replicator/remote/prefetch", post(prefetch_hint))
+        .route("/replicator/remote/uploads/{id}", get(upload_status))
+        .route(
+            "/replicator/remote/uploads/{id}/blocks/{index}",
+            get(upload_block),
         )
 }
 
@@ -150,6 +158,79 @@ async fn remote_blocks(
         digests: blocks.to_hex(),
     };
     Ok((crate::core::wire::object_headers(&obj), axum::Json(list)).into_response())
+}
+
+/// `POST /replicator/remote/prefetch` (trust class: peer): a peer started a large upload;
+/// this site follows it (see `replication::prefetch`). 202 when it does, 200 when it leaves
+/// the object to its order (enough prefetches running), 403 when an authenticated caller
+/// speaks for another site.
+async fn prefetch_hint(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<PeerSite>>,
+    axum::Json(hint): axum::Json<PrefetchHint>,
+) -> Result<StatusCode> {
+    if let Some(axum::Extension(PeerSite(site))) = &caller {
+        if *site != hint.site {
+            return Err(Error::forbidden(format!(
+                "site {site} cannot announce an upload of site {}",
+                hint.site
+            )));
+        }
+    }
+    if !state.topology.is_peer_site(&hint.site).await? {
+        return Err(Error::forbidden(format!(
+            "{} is not a peer of this site",
+            hint.site
+        )));
+    }
+    Ok(if prefetch::follow(&state.replication, hint) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    })
+}
+
+/// `GET /replicator/remote/uploads/{id}` (trust class: peer): what a peer may pull now of
+/// an upload in progress here (`core::uploads`); 404 when this process does not know it.
+async fn upload_status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    let upload = upload_in_progress(&state, &id)?;
+    let status = tokio::task::spawn_blocking(move || UploadStatus::of(&upload))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    Ok(axum::Json(status).into_response())
+}
+
+/// `GET /replicator/remote/uploads/{id}/blocks/{index}` (trust class: peer): one completed
+/// block of an upload in progress, as written (the peer checks it against its digest); 404
+/// when it is not complete, or the upload ended.
+async fn upload_block(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, u64)>,
+) -> Result<Response> {
+    let upload = upload_in_progress(&state, &id)?;
+    let block = tokio::task::spawn_blocking(move || upload.read_block(index))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+    let Some(block) = block else {
+        return Err(Error::not_found(format!(
+            "block {index} of upload {id} is not readable"
+        )));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from(block),
+    )
+        .into_response())
+}
+
+fn upload_in_progress(
+    state: &AppState,
+    id: &str,
+) -> Result<std::sync::Arc<crate::core::uploads::UploadProgress>> {
+    state
+        .uploads
+        .get(id)
+        .ok_or_else(|| Error::not_found(format!("no upload {id} in progress here")))
 }
 
 /// A verifying peer asks for the bytes as stored (`wire::VERIFY`). Honoured here only: these

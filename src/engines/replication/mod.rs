@@ -6,6 +6,7 @@
 //! them). Nothing is dropped silently.
 
 pub mod applier;
+pub mod prefetch;
 pub mod ranged;
 pub mod sender;
 
@@ -41,6 +42,8 @@ pub struct ReplicationService {
     pub inbox_ready: Notify,
     /// Peers whose sender is running, and when a peer may be tried again after failures.
     senders: Mutex<HashMap<String, SenderState>>,
+    /// Stagings shared by prefetches and ranged pulls.
+    pub(crate) stagings: Mutex<prefetch::Stagings>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -117,6 +120,7 @@ pub async fn object_status(
 
 /// Starts the background loops: the sender, the appliers and the janitor.
 pub fn start(state: &Replication) {
+    prefetch::sweep(state, None);
     tokio::spawn(sender::dispatch(state.clone()));
     for worker in 0..state.config.replication.workers {
         tokio::spawn(applier::work(state.clone(), worker));
@@ -124,12 +128,16 @@ pub fn start(state: &Replication) {
     tokio::spawn(janitor(state.clone()));
 }
 
-/// Prunes failed operations past their retention, old events, and tombstones older than
-/// any order still applied (`max_order_age_secs`).
+/// Prunes failed operations past their retention, old events, tombstones older than any
+/// order still applied (`max_order_age_secs`), and staging files unused for as long.
 async fn janitor(state: Replication) {
     let retention_ms = state.config.replication.failed_retention_hours as i64 * 3_600_000;
     let order_age_ms = (state.config.replication.max_order_age_secs as i64).saturating_mul(1000);
+    let staging_idle = Duration::from_secs(state.config.replication.max_order_age_secs);
     loop {
+        let sweeping = state.clone();
+        let _ = tokio::task::spawn_blocking(move || prefetch::sweep(&sweeping, Some(staging_idle)))
+            .await;
         if let Err(e) = state.meta.prune_tombstones(now_ms() - order_age_ms).await {
             tracing::warn!("pruning tombstones: {e}");
         }

@@ -26,6 +26,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::applier::{report_corrupt, Failure};
+use super::prefetch::PullClaim;
 use super::Replication;
 use crate::core::objects::VerifiedStaging;
 use crate::core::wire::{CLIENT_ID, HASH, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
@@ -46,14 +47,48 @@ pub(crate) struct Staging {
 }
 
 impl Staging {
+    /// How the names of prefetch stagings start (`prefetch`).
+    pub(crate) const PREFETCH: &'static str = "pf-";
+
     pub(crate) fn of(state: &Replication, bucket: &str, name: &str, hash: &str) -> Self {
-        let key = Sha256::digest(format!("{bucket}\0{name}\0{hash}").as_bytes());
+        Self::named(state, "", &format!("{bucket}\0{name}\0{hash}"))
+    }
+
+    /// The staging of a prefetch of upload `upload` at `site` (no version yet).
+    pub(crate) fn prefetch(state: &Replication, site: &str, upload: &str) -> Self {
+        Self::named(state, Self::PREFETCH, &format!("{site}\0{upload}"))
+    }
+
+    fn named(state: &Replication, prefix: &str, key: &str) -> Self {
+        let key = Sha256::digest(key.as_bytes());
         let stem: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let dir = state.config.site.data_dir.join("staging");
         Self {
-            file: dir.join(format!("{stem}.part")),
-            progress: dir.join(format!("{stem}.blocks")),
+            file: dir.join(format!("{prefix}{stem}.part")),
+            progress: dir.join(format!("{prefix}{stem}.blocks")),
         }
+    }
+
+    /// Starts an empty staging of blocks of `block_size`, of a size not known yet (a prefetch).
+    pub(crate) fn open_growing(&self, block_size: u64) -> Result<std::fs::File> {
+        if let Some(parent) = self.file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::File::create(&self.progress)?.write_all(&block_size.to_le_bytes())?;
+        Ok(std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.file)?)
+    }
+
+    /// Makes this staging `target`'s (its block log first: a log without its file is no
+    /// record, a file without its log is swept).
+    pub(crate) fn rename_to(&self, target: &Staging) -> Result<()> {
+        std::fs::rename(&self.progress, &target.progress)?;
+        std::fs::rename(&self.file, &target.file)?;
+        Ok(())
     }
 
     /// Opens (or starts) the staging of an object of `size` bytes in blocks of `block_size`,
@@ -94,7 +129,7 @@ impl Staging {
     }
 
     /// Records block `index` verified (not synced: see the module's comment).
-    fn record(&self, index: u64) -> Result<()> {
+    pub(crate) fn record(&self, index: u64) -> Result<()> {
         let mut progress = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.progress)?;
@@ -123,10 +158,13 @@ impl Staging {
 }
 
 /// Blocks a previous attempt recorded, read back and checked again (a crash of the machine
-/// may have lost what it wrote), with their Adler-32: those that still match.
+/// may have lost what it wrote), with their Adler-32: those that still match. Blocks a
+/// prefetch of this process verified (`trusted`) are not read again: their digest need only be
+/// the version's.
 fn recheck(
     file: &std::fs::File,
     recorded: &BTreeSet<u64>,
+    trusted: &BTreeMap<u64, ([u8; 32], u32)>,
     blocks: &BlockHashes,
     size: u64,
 ) -> Result<BTreeMap<u64, u32>> {
@@ -136,6 +174,12 @@ fn recheck(
         let Some(expected) = blocks.digests.get(index as usize) else {
             continue;
         };
+        if let Some((digest, adler)) = trusted.get(&index) {
+            if digest == expected {
+                kept.insert(index, *adler);
+            }
+            continue;
+        }
         let (from, to) = blocks.span(index, size);
         buf.resize((to - from) as usize, 0);
         file.read_exact_at(&mut buf, from)?;
@@ -197,11 +241,12 @@ pub(crate) async fn pull(
         )));
     }
     let staging = Staging::of(state, &order.bucket_name, name, hash);
+    let claim = PullClaim::take(state, &order.bucket_name, name, &staging).await;
     let (file, done, blocks) = {
-        let opening = staging.clone();
+        let (opening, trusted) = (staging.clone(), claim.trusted.clone());
         tokio::task::spawn_blocking(move || -> Result<_> {
             let (file, recorded) = opening.open(size, blocks.block_size)?;
-            let done = recheck(&file, &recorded, &blocks, size)?;
+            let done = recheck(&file, &recorded, &trusted, &blocks, size)?;
             Ok((file, done, blocks))
         })
         .await
