@@ -28,6 +28,9 @@
 #   SKIP_SMALL=1 skips the 1 KiB scenarios (for a quick look at the large path)
 #   NGINX_WORKERS=$(nproc)  PROXY_BUFFER=64k  MIRRORGATE_BIN=target/release/mirrorgate
 #   KEEP=1 keeps the work directory (configs, logs, raw oha JSON).
+#   PIN=1 runs oha on CPU 0 and every server (mirrorgate, nginx) on the other CPUs (taskset),
+#   so the load generator and the servers do not share cores (nginx then gets one worker per
+#   server CPU unless NGINX_WORKERS says otherwise).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,9 +45,15 @@ RUN_SMALL=$([ "${SKIP_SMALL:-0}" = 1 ] && echo 0 || echo 1)
 ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3s}"
 LARGE_MIB="${LARGE_MIB:-64}"
+NGINX_WORKERS_ASKED="${NGINX_WORKERS:-}"
 NGINX_WORKERS="${NGINX_WORKERS:-$(nproc)}"
 PROXY_BUFFER="${PROXY_BUFFER:-64k}"
 BIN="${MIRRORGATE_BIN:-$ROOT/target/release/mirrorgate}"
+ON_SERVER_CPUS=(); ON_CLIENT_CPU=()
+if [ "${PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    ON_SERVER_CPUS=(taskset -c "1-$(( $(nproc) - 1 ))"); ON_CLIENT_CPU=(taskset -c 0)
+    NGINX_WORKERS="${NGINX_WORKERS_ASKED:-$(( $(nproc) - 1 ))}"   # one per server CPU
+fi
 CLIENT=bench
 BUCKET=bench
 H="x-clonecloudstore-client-id: $CLIENT"
@@ -138,7 +147,8 @@ EOF
 site_config site-a "$PA" site-b "$PB"
 site_config site-b "$PB" site-a "$PA"
 start_site() { # id: starts it in the background, its pid in $STARTED
-    RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$WORK/$1.toml" >> "$WORK/$1.log" 2>&1 &
+    RUST_LOG="${RUST_LOG:-warn}" "${ON_SERVER_CPUS[@]}" "$BIN" serve --config "$WORK/$1.toml" \
+        >> "$WORK/$1.log" 2>&1 &
     STARTED=$!; PIDS+=("$STARTED")
 }
 stop_site() { # pid: TERM, then KILL after 5 s
@@ -162,9 +172,9 @@ nginx_conf() { # template dir port [upstream-port]
 }
 nginx_conf "$HERE/nginx-files.conf.in" "$WORK/nginx-files" "$PF"
 nginx_conf "$HERE/nginx-proxy.conf.in" "$WORK/nginx-proxy" "$PP" "$PF"
-"$NGINX" -p "$WORK/nginx-files" -c "$WORK/nginx-files/nginx.conf" -e "$WORK/nginx-files/error.log" &
+"${ON_SERVER_CPUS[@]}" "$NGINX" -p "$WORK/nginx-files" -c "$WORK/nginx-files/nginx.conf" -e "$WORK/nginx-files/error.log" &
 PID_NF=$!; PIDS+=("$PID_NF")
-"$NGINX" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -e "$WORK/nginx-proxy/error.log" &
+"${ON_SERVER_CPUS[@]}" "$NGINX" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" -e "$WORK/nginx-proxy/error.log" &
 PID_NP=$!; PIDS+=("$PID_NP")
 
 wait_http "http://127.0.0.1:$PA/healthz"
@@ -210,7 +220,7 @@ run() {
     shift 5
     local hdr=()
     [ $# -gt 0 ] && hdr=(-H "$1")
-    timeout 300 oha --no-tui "${OHA_JSON[@]}" "${OHA_WAIT[@]}" -z "$dur" -c "$conc" -m "$method" \
+    timeout 300 "${ON_CLIENT_CPU[@]}" oha --no-tui "${OHA_JSON[@]}" "${OHA_WAIT[@]}" -z "$dur" -c "$conc" -m "$method" \
         "${hdr[@]}" "$url" > "$WORK/$name.json"
 }
 scenario() { # label side conc method round [duration]

@@ -211,8 +211,14 @@ else
     site_config site-a "$PA" site-b "$PB" true
     serve site-a
 fi
+A_PID=${PIDS[-1]}
 site_config site-b "$PB" site-a "$PA" false
 serve site-b
+B_PID=${PIDS[-1]}
+# cpu_secs PID: user + system CPU seconds of a process so far
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+# busy_jiffies: "busy total" jiffies of the whole machine so far
+busy_jiffies() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
 wait_http "http://127.0.0.1:$PA/healthz"
 wait_http "http://127.0.0.1:$PB/healthz"
 A="http://127.0.0.1:$PA"
@@ -376,11 +382,18 @@ elif [ "$BIG_GIB" -gt 0 ]; then
         [ "$(stat -c %s "$WORK/big.bin")" -eq $((BIG_GIB * 1024 * 1024 * 1024)) ] || die "could not generate big.bin"
         base=$(counts | cut -d' ' -f2)
         log "(b) one ${BIG_GIB} GiB object at A"
+        ca0=$(cpu_secs "$A_PID"); cb0=$(cpu_secs "$B_PID"); read -r busy0 total0 < <(busy_jiffies)
         t0=$(now)
         curl -fsS -o /dev/null --max-time 1800 -X POST -H "$H" -H "Expect:" -T "$WORK/big.bin" \
             "$A/cloudclonestore/$BUCKET/big.bin"
         tw=$(now)
         te=$(wait_replicated $((base + 1)) 1800)
+        read -r busy1 total1 < <(busy_jiffies)
+        awk -v a="$(cpu_secs "$A_PID")" -v a0="$ca0" -v b="$(cpu_secs "$B_PID")" -v b0="$cb0" \
+            -v w="$(awk -v s="$t0" -v e="$te" 'BEGIN {print e - s}')" -v n="$(nproc)" \
+            -v busy=$((busy1 - busy0)) -v total=$((total1 - total0)) 'BEGIN {
+            printf "CPU during (b): A %.1f core-s, B %.1f core-s, over %.1f s of wall time; the machine'"'"'s %d cores %.0f%% busy\n",
+                a - a0, b - b0, w, n, 100 * busy / total}' >> "$WORK/diagnostics.txt"
         at_b big.bin "$((BIG_GIB * 1024 * 1024 * 1024))"
         record "big 1 $((BIG_GIB * 1024 * 1024 * 1024)) $t0 $tw $te"
         rm -f "$WORK/big.bin"
@@ -435,4 +448,4 @@ print()
 for t in targets:
     print(f"- {t}")
 PY
-[ ! -s "${DIAG:-}" ] || sed 's/^/- /' "$DIAG"
+[ ! -s "$WORK/diagnostics.txt" ] || sed 's/^/- /' "$WORK/diagnostics.txt"

@@ -366,13 +366,19 @@ mod store {
         let Some(pg) = Postgres::start() else { return };
         let (n1, n2) = two_nodes(&pg).await;
         n1.create_bucket(&bucket("b1"), &[]).await.unwrap();
+        let blocks = mirrorgate::model::blocks::BlockHashes {
+            block_size: 4,
+            digests: vec![[7; 32]],
+        };
         for name in ["a/1", "a/2", "b/1"] {
             let o = object("b1", name);
             n1.begin_upload(&o).await.unwrap();
-            n1.finish_upload(&o, 3, "h", None, &[order("b1", name)])
+            n1.finish_upload(&o, 3, "h", None, &blocks, &[order("b1", name)])
                 .await
                 .unwrap();
         }
+        // The block hashes were recorded in the transaction that made the upload READY.
+        assert_eq!(n2.blocks_of("b1", "a/1", "h").await.unwrap(), Some(blocks));
         // A filtered listing (assembled query, numbered placeholders).
         let filter = ObjectFilter {
             name_prefix: Some("a/".into()),

@@ -88,23 +88,27 @@ impl Drop for UploadGuard {
 }
 
 /// Removes what an upload that will not complete left: committed bytes first, then its row.
-/// The storage delete is tried a few times (a storage that just failed the commit is likely
+/// The storage delete is tried for a while (a storage that just failed the commit is likely
 /// to fail once more): while it fails the row stays UPLOAD, which keeps the name's bytes
 /// accounted for.
 async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()> {
     if committed {
-        let mut pause = Duration::from_millis(250);
-        let mut tries = 0;
-        while let Err(e) = site.storage.delete(&obj.bucket, &obj.name).await {
-            tries += 1;
-            if tries >= FORGET_TRIES {
-                // The storage is away for longer: the row stays UPLOAD until it is back.
-                let (site, obj) = (site.clone(), obj.clone());
-                tokio::spawn(async move { forget_when_storage_answers(&site, &obj).await });
-                return Err(e);
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+        let delete = || site.storage.delete(&obj.bucket, &obj.name);
+        let first = Duration::from_millis(250);
+        if tokio::time::timeout(FORGET_WAIT, once_storage_answers(first, delete))
+            .await
+            .is_err()
+        {
+            let e = Error::storage(format!(
+                "the storage did not remove the bytes of the failed upload of {}/{} within {} s",
+                obj.bucket,
+                obj.name,
+                FORGET_WAIT.as_secs()
+            ));
+            // The storage is away for longer: the row stays UPLOAD until it is back.
+            let (site, obj) = (site.clone(), obj.clone());
+            tokio::spawn(async move { forget_when_storage_answers(&site, &obj).await });
+            return Err(e);
         }
     }
     site.meta
@@ -112,9 +116,9 @@ async fn forget_upload(site: &Site, obj: &Object, committed: bool) -> Result<()>
         .await
 }
 
-/// Tries at removing the bytes of an upload that will not complete (about 8 s in all) before
-/// the caller is answered; then [`forget_when_storage_answers`] goes on.
-const FORGET_TRIES: u32 = 6;
+/// How long removing the bytes of an upload that will not complete is tried before the caller
+/// is answered; then [`forget_when_storage_answers`] goes on.
+const FORGET_WAIT: Duration = Duration::from_secs(8);
 
 /// Removes the bytes of an upload that will not complete once the storage answers again
 /// (every 10 s at most), then its row. Left UPLOAD for good, the name could never be written,
@@ -221,8 +225,13 @@ async fn store_incoming(
         Err(e) => return abandon(site, guard, e).await,
     };
     let (s, o, origin_owned) = (site.clone(), obj.clone(), origin.clone());
-    let (size, sha256) = (received.size, received.sha256.clone());
-    let committing = async move { commit_upload(&s, &o, size, &sha256, &origin_owned).await };
+    let (size, sha256, blocks) = (
+        received.size,
+        received.sha256.clone(),
+        received.blocks.clone(),
+    );
+    let committing =
+        async move { commit_upload(&s, &o, (size, &sha256, &blocks), &origin_owned).await };
     if let Err(e) = guard.settle(committing).await {
         return abandon(site, guard, e).await;
     }
@@ -245,12 +254,12 @@ async fn abandon(site: &Site, guard: UploadGuard, e: Error) -> Result<Object> {
     Err(e)
 }
 
-/// Marks the upload READY and queues its orders in the same transaction.
+/// Marks the upload READY, records its block hashes and queues its orders in the same
+/// transaction.
 async fn commit_upload(
     site: &Site,
     obj: &Object,
-    size: u64,
-    hash: &str,
+    (size, hash, blocks): (u64, &str, &BlockHashes),
     origin: &WriteOrigin,
 ) -> Result<()> {
     let target = Some((obj.name.as_str(), size, hash));
@@ -258,7 +267,7 @@ async fn commit_upload(
         .orders_for(origin, &obj.bucket, target, Action::Create)
         .await?;
     site.meta
-        .finish_upload(obj, size, hash, replica_source(origin), &orders)
+        .finish_upload(obj, size, hash, replica_source(origin), blocks, &orders)
         .await?;
     site.queued(&orders);
     Ok(())
@@ -284,6 +293,9 @@ pub async fn replace(
     origin: &WriteOrigin,
 ) -> Result<Object> {
     let received = receive(site, &new, body, &expected, &mut false, false).await?;
+    site.meta
+        .put_blocks(&new.bucket, &new.name, &received.sha256, &received.blocks)
+        .await?;
     new.size = received.size;
     new.hash = Some(received.sha256);
     new.status = Status::Ready;
@@ -444,9 +456,11 @@ pub async fn restore(site: &Site, obj: &Object, body: ByteStream) -> Result<Stri
         size: Some(obj.size),
         hash: obj.hash.clone(),
     };
-    Ok(receive(site, obj, body, &expected, &mut false, false)
-        .await?
-        .adler32)
+    let received = receive(site, obj, body, &expected, &mut false, false).await?;
+    site.meta
+        .put_blocks(&obj.bucket, &obj.name, &received.sha256, &received.blocks)
+        .await?;
+    Ok(received.adler32)
 }
 
 /// How an error about a corrupt stored copy starts (peers read it from
@@ -459,6 +473,8 @@ struct Received {
     sha256: String,
     /// For Rucio clients, which check adler32 (eight hex digits).
     adler32: String,
+    /// Not recorded yet: the caller records them with the version.
+    blocks: BlockHashes,
     /// The upload as peers saw it while it was received (dropped: abandoned).
     published: Option<InProgress>,
 }
@@ -498,6 +514,8 @@ fn publish(
 
 /// Streams `body` to storage while hashing, checks it against `expected` and commits it;
 /// `commit_tried` is set once the commit was tried (its failure does not say it did nothing).
+/// The block hashes come back unrecorded: the caller records them with the version (a new
+/// object in the transaction that makes it READY).
 async fn receive(
     site: &Site,
     obj: &Object,
@@ -553,9 +571,6 @@ async fn receive(
     let side = side.finish(digest).await?;
     *commit_tried = true;
     writer.commit(&actual).await?;
-    site.meta
-        .put_blocks(&obj.bucket, &obj.name, &actual, &side.blocks)
-        .await?;
     metrics::counter!("mirrorgate_bytes_in_total").increment(size);
     metrics::histogram!("mirrorgate_stream_duration_seconds", "direction" => "in")
         .record(started.elapsed().as_secs_f64());
@@ -563,6 +578,7 @@ async fn receive(
         size,
         sha256: actual,
         adler32: crate::model::replica::adler32_text(side.adler32),
+        blocks: side.blocks,
         published,
     })
 }
@@ -578,10 +594,8 @@ async fn adopt_staged(
     commit_tried: &mut bool,
 ) -> Result<Received> {
     if !site.storage.adopts_files() {
-        let file = tokio::fs::File::open(&staged.path).await?;
-        let body = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
-            .map(|r| r.map_err(Error::from));
-        return receive(site, obj, Box::pin(body), expected, commit_tried, false).await;
+        let body = stream::file_stream(&staged.path).await?;
+        return receive(site, obj, body, expected, commit_tried, false).await;
     }
     let Some(sha256) = expected.hash.clone() else {
         return Err(Error::internal(
@@ -594,14 +608,12 @@ async fn adopt_staged(
     site.storage
         .adopt(&obj.bucket, &obj.name, &staged.path)
         .await?;
-    site.meta
-        .put_blocks(&obj.bucket, &obj.name, &sha256, &staged.blocks)
-        .await?;
     metrics::counter!("mirrorgate_pull_adopted_bytes_total").increment(size);
     Ok(Received {
         size,
         sha256,
         adler32: crate::model::replica::adler32_text(staged.adler32),
+        blocks: staged.blocks,
         published: None,
     })
 }

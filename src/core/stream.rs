@@ -5,6 +5,7 @@
 //!   so a corrupt object never reaches a client as a complete-looking body.
 //! - [`zstd_encode`] / [`zstd_decode`] run the codec on a blocking thread, fed and drained
 //!   through bounded channels, so compression never stalls the reactor and backpressure holds.
+//! - [`file_stream`] reads a file of this site's disk (a staged pull) in 1 MiB chunks.
 //! - [`zstd_decode_bounded`] and [`limit_size`] bound what an upload may cost: the decoder
 //!   refuses frames whose window is larger than configured, and a body larger than the
 //!   largest object is cut off.
@@ -712,6 +713,13 @@ pub use tokio_stream_shim::ReceiverStream as ChannelStream;
 /// A stream of the given chunks (tests and benches).
 pub fn from_chunks(chunks: Vec<Bytes>) -> ByteStream {
     Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)))
+}
+
+/// A file of this site's disk (a staged pull) as a stream of chunks of up to 1 MiB.
+pub async fn file_stream(path: &std::path::Path) -> Result<ByteStream> {
+    let file = tokio::fs::File::open(path).await?;
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
+    Ok(Box::pin(chunks.map(|r| r.map_err(Error::from))))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Block hashes of object versions (see `crate::model::blocks`).
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::MetaStore;
 use crate::error::Result;
@@ -16,24 +16,11 @@ impl MetaStore {
         blocks: &BlockHashes,
     ) -> Result<()> {
         let row = (bucket.to_owned(), name.to_owned(), hash.to_owned());
-        let (block_size, digests) = (blocks.block_size as i64, blocks.to_hex());
+        let blocks = blocks.clone();
         self.grouped(move |tx| {
             Box::pin(async move {
                 let (bucket, name, hash) = row;
-                sqlx::query(
-                    "INSERT INTO object_blocks (bucket, name, hash, block_size, digests)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (bucket, name) DO UPDATE SET hash = excluded.hash,
-                     block_size = excluded.block_size, digests = excluded.digests",
-                )
-                .bind(bucket)
-                .bind(name)
-                .bind(hash)
-                .bind(block_size)
-                .bind(digests)
-                .execute(&mut *tx)
-                .await?;
-                Ok(())
+                put_blocks_in(tx, (&bucket, &name, &hash), &blocks).await
             })
         })
         .await
@@ -70,4 +57,26 @@ impl MetaStore {
             .await?;
         Ok(())
     }
+}
+
+/// [`MetaStore::put_blocks`] inside a transaction (also the one that makes an upload READY).
+pub(super) async fn put_blocks_in(
+    tx: &mut AnyConnection,
+    (bucket, name, hash): (&str, &str, &str),
+    blocks: &BlockHashes,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO object_blocks (bucket, name, hash, block_size, digests)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (bucket, name) DO UPDATE SET hash = excluded.hash,
+         block_size = excluded.block_size, digests = excluded.digests",
+    )
+    .bind(bucket)
+    .bind(name)
+    .bind(hash)
+    .bind(blocks.block_size as i64)
+    .bind(blocks.to_hex())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -36,6 +36,7 @@ use sqlx::AnyConnection;
 use sqlx::{Any, AnyPool, ConnectOptions, QueryBuilder, Row};
 
 use crate::error::{Error, Result};
+use crate::model::blocks::BlockHashes;
 pub use crate::model::object::{Bucket, Object, Status, Topology, TopologyStatus};
 use crate::model::order::Order;
 use cache::{CacheOptions, CachedObject, Change, Changing, MetaCache};
@@ -758,15 +759,18 @@ impl MetaStore {
         size: u64,
         hash: &str,
         replica_of: Option<&str>,
+        blocks: &BlockHashes,
         orders: &[Order],
     ) -> Result<()> {
         let changing = self.changing_object(&obj.bucket, &obj.name, orders);
         let (obj, hash, replica_of) = (obj.clone(), hash.to_owned(), replica_of.map(str::to_owned));
-        let orders = orders.to_vec();
+        let (blocks, orders) = (blocks.clone(), orders.to_vec());
         self.grouped(move |tx| {
             Box::pin(async move {
                 let ready = (size, hash.as_str(), replica_of.as_deref());
-                finish_upload_in(tx, &obj, ready, &orders).await
+                finish_upload_in(tx, &obj, ready, &orders).await?;
+                let version = (obj.bucket.as_str(), obj.name.as_str(), hash.as_str());
+                blocks::put_blocks_in(tx, version, &blocks).await
             })
         })
         .await?;

@@ -92,23 +92,38 @@ pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, hash:
     );
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(async move {
-            tokio::time::sleep(CONFIRM_AFTER).await;
-            let current = match state.meta.get_object(&bucket, &name).await {
-                Ok(Some(o)) if o.status == Status::Ready && o.hash.as_deref() == Some(&hash) => o,
-                _ => return, // replaced or deleted meanwhile: not a bad copy
-            };
-            match verify_stored(&state, &current, None).await {
-                Ok(Verdict::Good { .. }) => {
-                    tracing::info!(
-                        bucket,
-                        object = name,
-                        "a mismatch seen on a read was not confirmed: {why}"
-                    )
+            let mut pause = CONFIRM_AFTER;
+            for _ in 0..CONFIRM_TRIES {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                let current = match state.meta.get_object(&bucket, &name).await {
+                    Ok(Some(o))
+                        if o.status == Status::Ready && o.hash.as_deref() == Some(&hash) =>
+                    {
+                        o
+                    }
+                    Ok(_) => return, // replaced or deleted meanwhile: not a bad copy
+                    Err(e) => {
+                        tracing::warn!(bucket, object = name, "confirming a mismatch: {e}");
+                        continue;
+                    }
+                };
+                match verify_stored(&state, &current, None).await {
+                    Ok(Verdict::Good { .. }) => {
+                        tracing::info!(
+                            bucket,
+                            object = name,
+                            "a mismatch seen on a read was not confirmed: {why}"
+                        );
+                        return;
+                    }
+                    Ok(Verdict::Bad(_)) => {
+                        declare_detected(&state, &bucket, &name, Detected::Read, &why).await;
+                        return;
+                    }
+                    // The copy could not be read now: it is asked again, later.
+                    Err(e) => tracing::warn!(bucket, object = name, "confirming a mismatch: {e}"),
                 }
-                Ok(Verdict::Bad(_)) => {
-                    declare_detected(&state, &bucket, &name, Detected::Read, &why).await
-                }
-                Err(e) => tracing::warn!(bucket, object = name, "confirming a mismatch: {e}"),
             }
         });
     }
@@ -117,6 +132,9 @@ pub fn declare_detected_later(state: &Catalogue, bucket: &str, name: &str, hash:
 /// How long after a mismatch seen on a read the copy is read again (see
 /// [`declare_detected_later`]): long enough for a replace under way to name its new bytes.
 const CONFIRM_AFTER: Duration = Duration::from_secs(1);
+/// Reads of such a copy tried (after 1, 2, 4, ... s) while the storage fails to answer; the
+/// scrubber finds a mismatch left unconfirmed by then.
+const CONFIRM_TRIES: u32 = 6;
 
 /// Records a suspicion of this site's copy; once `[rucio] suspicious_threshold` suspicions
 /// count, the copy is re-read and declared BAD if it fails. Returns false for an unknown copy.

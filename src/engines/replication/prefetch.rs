@@ -444,7 +444,7 @@ impl Drop for PullClaim<'_> {
 /// Removes stagings nothing will use: at start (`idle` None) those of prefetches (their
 /// uploads are not followed any more: the orders pull those objects); later, any staging no
 /// pull or prefetch wrote for `idle` (e.g. one handed over at a node of this site whose order
-/// another node applied).
+/// another node applied), and what was known of the blocks of stagings gone.
 pub fn sweep(state: &Replication, idle: Option<Duration>) {
     let dir = state.config.site.data_dir.join("staging");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -466,4 +466,6 @@ pub fn sweep(state: &Replication, idle: Option<Duration>) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+    let mut stagings = state.service.stagings.lock().unwrap();
+    stagings.trusted.retain(|path, _| path.exists());
 }

@@ -30,7 +30,7 @@ use super::prefetch::PullClaim;
 use super::Replication;
 use crate::core::objects::VerifiedStaging;
 use crate::core::wire::{CLIENT_ID, HASH, OP_ID, VERIFY, VERIFY_BY_RECEIVER};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::blocks::{self, BlockHashes};
 use crate::model::order::Order;
 use crate::model::replica::{adler32_concat, adler32_of};
@@ -144,10 +144,7 @@ impl Staging {
 
     /// The staged bytes, once complete.
     pub(crate) async fn stream(&self) -> Result<ByteStream> {
-        let file = tokio::fs::File::open(&self.file).await?;
-        let s = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024)
-            .map(|r| r.map_err(Error::from));
-        Ok(Box::pin(s))
+        crate::core::stream::file_stream(&self.file).await
     }
 
     /// Removes the staging (the pull ended: stored, superseded, or failed for good).
