@@ -219,6 +219,17 @@ B_PID=${PIDS[-1]}
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 # busy_jiffies: "busy total" jiffies of the whole machine so far
 busy_jiffies() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+# cpu_mark: remembers the CPU used so far by A (first node), B and the machine
+cpu_mark() { CA0=$(cpu_secs "$A_PID"); CB0=$(cpu_secs "$B_PID"); read -r BUSY0 TOTAL0 < <(busy_jiffies); }
+# cpu_report PHASE SECONDS: what A, B and the machine used since cpu_mark, into the diagnostics
+cpu_report() {
+    local busy1 total1
+    read -r busy1 total1 < <(busy_jiffies)
+    awk -v p="$1" -v w="$2" -v a="$(cpu_secs "$A_PID")" -v a0="$CA0" -v b="$(cpu_secs "$B_PID")" \
+        -v b0="$CB0" -v n="$(nproc)" -v busy=$((busy1 - BUSY0)) -v total=$((total1 - TOTAL0)) 'BEGIN {
+        printf "CPU during %s: A %.1f core-s, B %.1f core-s, over %.1f s of wall time; the machine'"'"'s %d cores %.0f%% busy\n",
+            p, a - a0, b - b0, w, n, 100 * busy / total}' >> "$WORK/diagnostics.txt"
+}
 wait_http "http://127.0.0.1:$PA/healthz"
 wait_http "http://127.0.0.1:$PB/healthz"
 A="http://127.0.0.1:$PA"
@@ -339,6 +350,7 @@ if [ "$NODES" = 2 ]; then
 fi
 WRITERS=()
 SERVERS=("${PIDS[@]}")
+cpu_mark
 t0=$(now)
 for n in "${!A_NODES[@]}"; do
     xargs -r -P "$(( (CONC + NODES - 1) / NODES ))" -n 2 sh -c \
@@ -350,6 +362,7 @@ for w in "${WRITERS[@]}"; do wait "$w" || die "writes at A failed"; done
 PIDS=("${SERVERS[@]}")   # the writers are gone: never signal their (reusable) ids
 tw=$(now)
 te=$(wait_replicated $((base + N_SMALL)) 900)
+cpu_report "(a)" "$(awk -v s="$t0" -v e="$te" 'BEGIN {print e - s}')"
 at_b "small/0" 1048576; at_b "small/$((N_SMALL - 1))" 1048576
 record "small $N_SMALL $((N_SMALL * 1048576)) $t0 $tw $te"
 if [ -n "$SAMPLER" ]; then
@@ -382,18 +395,13 @@ elif [ "$BIG_GIB" -gt 0 ]; then
         [ "$(stat -c %s "$WORK/big.bin")" -eq $((BIG_GIB * 1024 * 1024 * 1024)) ] || die "could not generate big.bin"
         base=$(counts | cut -d' ' -f2)
         log "(b) one ${BIG_GIB} GiB object at A"
-        ca0=$(cpu_secs "$A_PID"); cb0=$(cpu_secs "$B_PID"); read -r busy0 total0 < <(busy_jiffies)
+        cpu_mark
         t0=$(now)
         curl -fsS -o /dev/null --max-time 1800 -X POST -H "$H" -H "Expect:" -T "$WORK/big.bin" \
             "$A/cloudclonestore/$BUCKET/big.bin"
         tw=$(now)
         te=$(wait_replicated $((base + 1)) 1800)
-        read -r busy1 total1 < <(busy_jiffies)
-        awk -v a="$(cpu_secs "$A_PID")" -v a0="$ca0" -v b="$(cpu_secs "$B_PID")" -v b0="$cb0" \
-            -v w="$(awk -v s="$t0" -v e="$te" 'BEGIN {print e - s}')" -v n="$(nproc)" \
-            -v busy=$((busy1 - busy0)) -v total=$((total1 - total0)) 'BEGIN {
-            printf "CPU during (b): A %.1f core-s, B %.1f core-s, over %.1f s of wall time; the machine'"'"'s %d cores %.0f%% busy\n",
-                a - a0, b - b0, w, n, 100 * busy / total}' >> "$WORK/diagnostics.txt"
+        cpu_report "(b)" "$(awk -v s="$t0" -v e="$te" 'BEGIN {print e - s}')"
         at_b big.bin "$((BIG_GIB * 1024 * 1024 * 1024))"
         record "big 1 $((BIG_GIB * 1024 * 1024 * 1024)) $t0 $tw $te"
         rm -f "$WORK/big.bin"

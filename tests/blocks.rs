@@ -593,23 +593,39 @@ fn prefetch_staged(site: &Site) -> bool {
     })
 }
 
+/// What [`half_uploaded`] returns: A, B, the proxy B reaches A through, the rest of the
+/// upload's body to feed, the upload.
+type HalfUploaded = (
+    Site,
+    Site,
+    proxy::Proxy,
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+);
+
+/// Sites A and B with overlapped pulls, and the first half of `body` uploaded to A as `big/obj`
+/// (its size declared) once B prefetched `blocks` blocks of it; the upload waits for the rest.
+async fn half_uploaded(body: &[u8], blocks: usize) -> HalfUploaded {
+    let (a, b, proxy) = pair_of(&ranged_config(2, true)).await;
+    create_bucket(&a, "big").await;
+    bucket_arrives(&b, "big").await;
+    let (tx, upload) = upload_fed(&a, "big", "obj", body.len());
+    feed(&tx, &body[..body.len() / 2]).await;
+    eventually(Duration::from_secs(30), "B prefetching", || async {
+        let got = b.metric("mirrorgate_prefetch_block_bytes_total").await;
+        (got >= (blocks * BLOCK) as f64).then_some(())
+    })
+    .await;
+    (a, b, proxy, tx, upload)
+}
+
 /// B pulls the completed blocks of a large upload at A while A still receives it; the order
 /// then pulls only the blocks B does not hold yet.
 #[tokio::test]
 async fn a_large_upload_is_replicated_while_it_is_written() {
-    let (a, b, _proxy) = pair_of(&ranged_config(2, true)).await;
-    create_bucket(&a, "big").await;
-    bucket_arrives(&b, "big").await;
-    let size = 64 * BLOCK;
-    let body = data(size, 11);
-    let (tx, upload) = upload_fed(&a, "big", "obj", size);
-    feed(&tx, &body[..size / 2]).await;
+    let (size, body) = (64 * BLOCK, data(64 * BLOCK, 11));
     // Half the upload is at A, not committed: B follows it already.
-    eventually(Duration::from_secs(30), "B prefetching", || async {
-        let got = b.metric("mirrorgate_prefetch_block_bytes_total").await;
-        (got >= (16 * BLOCK) as f64).then_some(())
-    })
-    .await;
+    let (_a, b, _proxy, tx, upload) = half_uploaded(&body, 16).await;
     assert!(
         prefetch_staged(&b),
         "staged under the upload, not a version"
@@ -650,18 +666,8 @@ async fn a_large_upload_is_replicated_while_it_is_written() {
 /// what it staged once the restarted source no longer knows the upload, and holds no copy.
 #[tokio::test]
 async fn a_source_killed_mid_upload_leaves_no_copy_at_the_receiver() {
-    let (mut a, b, _proxy) = pair_of(&ranged_config(2, true)).await;
-    create_bucket(&a, "big").await;
-    bucket_arrives(&b, "big").await;
-    let size = 64 * BLOCK;
-    let body = data(size, 12);
-    let (tx, upload) = upload_fed(&a, "big", "obj", size);
-    feed(&tx, &body[..size / 2]).await;
-    eventually(Duration::from_secs(30), "B prefetching", || async {
-        let got = b.metric("mirrorgate_prefetch_block_bytes_total").await;
-        (got >= (8 * BLOCK) as f64).then_some(())
-    })
-    .await;
+    let body = data(64 * BLOCK, 12);
+    let (mut a, b, _proxy, tx, upload) = half_uploaded(&body, 8).await;
     a.restart();
     drop(tx);
     assert!(upload.await.unwrap().is_err(), "the upload died with A");

@@ -16,7 +16,6 @@
 //! does a receiver restart (prefetch stagings are removed at start).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,8 +28,7 @@ use super::ranged::Staging;
 use super::Replication;
 use crate::core::uploads::{Outcome, UploadProgress};
 use crate::error::{Error, Result};
-use crate::model::blocks::{self, BlockHashes};
-use crate::model::replica::adler32_of;
+use crate::model::blocks::BlockHashes;
 
 /// Prefetches running at once at a receiver (more hints are ignored: the order pulls those).
 const MAX_FOLLOWING: usize = 4;
@@ -344,20 +342,10 @@ impl<'a> Prefetch<'a> {
                 return Ok(None);
             }
         };
-        let (file, staging) = (self.file.clone(), self.staging.clone());
-        let offset = index * self.block_size;
+        let file = self.file.clone().ok_or_else(|| Error::internal("no staging file"))?;
         let len = block.len() as u64;
-        let adler = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
-            if blocks::digest(&block) != digest {
-                return Ok(None);
-            }
-            let file = file.ok_or_else(|| Error::internal("no staging file"))?;
-            file.write_all_at(&block, offset)?;
-            staging.record(index)?;
-            Ok(Some(adler32_of(&block)))
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
+        let at = (index, index * self.block_size);
+        let adler = self.staging.keep(file, at, block, Some(digest)).await?;
         let Some(adler) = adler else {
             // Not a copy of the source's yet: the order's pull verifies (and reports) it.
             return Err(Error::internal(format!(

@@ -129,12 +129,35 @@ impl Staging {
     }
 
     /// Records block `index` verified (not synced: see the module's comment).
-    pub(crate) fn record(&self, index: u64) -> Result<()> {
+    fn record(&self, index: u64) -> Result<()> {
         let mut progress = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.progress)?;
         progress.write_all(&(index as u32).to_le_bytes())?;
         Ok(())
+    }
+
+    /// Checks a received block against its digest and, if it matches, writes it at its
+    /// offset in `file` (this staging's) and records it, in one blocking call. Its Adler-32,
+    /// or None when it does not match (nothing written).
+    pub(crate) async fn keep(
+        &self,
+        file: Arc<std::fs::File>,
+        (index, offset): (u64, u64),
+        block: Bytes,
+        digest: Option<[u8; 32]>,
+    ) -> Result<Option<u32>> {
+        let staging = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
+            if Some(blocks::digest(&block)) != digest {
+                return Ok(None);
+            }
+            file.write_all_at(&block, offset)?;
+            staging.record(index)?;
+            Ok(Some(adler32_of(&block)))
+        })
+        .await
+        .map_err(|e| crate::error::Error::internal(e.to_string()))?
     }
 
     /// The staging file (complete once `pull` returned it).
@@ -461,19 +484,13 @@ impl Pull<'_> {
     /// its offset and recorded in one blocking call; a block that does not match is dropped.
     async fn keep_block(&self, index: u64, block: Bytes) -> std::result::Result<(), Failure> {
         let expected = self.blocks.digests.get(index as usize).copied();
-        let (file, staging) = (self.file.clone(), self.staging.clone());
+        let (file, staging) = (self.file.clone(), self.staging);
         let offset = self.blocks.span(index, self.size).0;
         let len = block.len() as u64;
-        let matched = tokio::task::spawn_blocking(move || -> Result<Option<u32>> {
-            if Some(blocks::digest(&block)) != expected {
-                return Ok(None);
-            }
-            file.write_all_at(&block, offset)?;
-            staging.record(index)?;
-            Ok(Some(adler32_of(&block)))
-        })
-        .await
-        .map_err(|e| Failure::Transient(e.to_string()))??;
+        let matched = staging
+            .keep(file, (index, offset), block, expected)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?;
         let Some(adler) = matched else {
             metrics::counter!("mirrorgate_hash_mismatches_total", "source" => "replication")
                 .increment(1);
