@@ -342,7 +342,10 @@ impl<'a> Prefetch<'a> {
                 return Ok(None);
             }
         };
-        let file = self.file.clone().ok_or_else(|| Error::internal("no staging file"))?;
+        let file = self
+            .file
+            .clone()
+            .ok_or_else(|| Error::internal("no staging file"))?;
         let len = block.len() as u64;
         let at = (index, index * self.block_size);
         let adler = self.staging.keep(file, at, block, Some(digest)).await?;
