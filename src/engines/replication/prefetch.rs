@@ -161,6 +161,8 @@ pub fn follow(state: &Replication, hint: PrefetchHint) -> bool {
         let staging = Staging::prefetch(&state, &hint.site, &hint.upload);
         let ended = Prefetch::new(&state, &hint, &staging).run().await;
         let how = match ended {
+            // Committed before any block was readable: nothing to hand over.
+            Ok(Some((_, verified))) if verified.is_empty() => "empty",
             Ok(Some((hash, verified))) => hand_over(&state, &hint, &staging, &hash, verified),
             Ok(None) => "abandoned",
             Err(e) => {
