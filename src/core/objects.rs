@@ -497,7 +497,6 @@ fn overlaps_with_peers(site: &Site, origin: &WriteOrigin, expected: &Expected) -
 fn publish(
     site: &Site,
     obj: &Object,
-    expected: &Expected,
     writer: &dyn ObjectWriter,
     overlap: bool,
 ) -> Option<InProgress> {
@@ -506,7 +505,6 @@ fn publish(
         id: &obj.id,
         bucket: &obj.bucket,
         name: &obj.name,
-        size: expected.size,
         block_size: site.config.storage.block_size_bytes,
         temp,
     }))
@@ -535,9 +533,8 @@ async fn receive(
         )
         .await?;
     let mut hasher = Sha256::new();
-    let published = publish(site, obj, expected, writer.as_ref(), overlap);
+    let published = publish(site, obj, writer.as_ref(), overlap);
     let progress = published.as_ref().map(|p| p.progress.clone());
-    let mut announce = progress.clone();
     let mut side = SideHashes::new(
         site.config.storage.block_size_bytes,
         expected.size,
@@ -559,9 +556,9 @@ async fn receive(
         side.update(&chunk).await?;
         writer.write(chunk).await?;
         // Peers hear of it once it is known to be large (declared, or that much received).
-        if expected.size.unwrap_or(size) >= announce_at {
-            if let Some(upload) = announce.take().filter(|u| u.announce()) {
-                site.hooks().upload_started(&upload);
+        if let Some(upload) = &published {
+            if expected.size.unwrap_or(size) >= announce_at && upload.progress.announce() {
+                site.hooks().upload_started(&upload.progress);
             }
         }
     }

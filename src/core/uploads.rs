@@ -37,8 +37,6 @@ pub struct UploadProgress {
     pub id: String,
     pub bucket: String,
     pub name: String,
-    /// The size the client declared, if it did.
-    pub size: Option<u64>,
     pub block_size: u64,
     temp: PathBuf,
     digests: Mutex<Vec<[u8; 32]>>,
@@ -117,7 +115,6 @@ pub struct UploadStart<'a> {
     pub id: &'a str,
     pub bucket: &'a str,
     pub name: &'a str,
-    pub size: Option<u64>,
     pub block_size: u64,
     /// The storage's temporary file the bytes are written to.
     pub temp: PathBuf,
@@ -130,7 +127,6 @@ impl UploadsInProgress {
             id: start.id.to_owned(),
             bucket: start.bucket.to_owned(),
             name: start.name.to_owned(),
-            size: start.size,
             block_size: start.block_size.max(1),
             temp: start.temp,
             digests: Mutex::new(Vec::new()),

@@ -71,16 +71,7 @@ impl Staging {
 
     /// Starts an empty staging of blocks of `block_size`, of a size not known yet (a prefetch).
     pub(crate) fn open_growing(&self, block_size: u64) -> Result<std::fs::File> {
-        if let Some(parent) = self.file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::File::create(&self.progress)?.write_all(&block_size.to_le_bytes())?;
-        Ok(std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.file)?)
+        self.start(block_size, true)
     }
 
     /// Makes this staging `target`'s (its block log first: a log without its file is no
@@ -94,23 +85,29 @@ impl Staging {
     /// Opens (or starts) the staging of an object of `size` bytes in blocks of `block_size`,
     /// with the blocks verified so far.
     fn open(&self, size: u64, block_size: u64) -> Result<(std::fs::File, BTreeSet<u64>)> {
+        let done = self.verified(block_size).unwrap_or_default();
+        let file = self.start(block_size, done.is_empty())?;
+        file.set_len(size)?;
+        Ok((file, done))
+    }
+
+    /// The staging file, read-write; `fresh`: emptied, with a new block log for blocks of
+    /// `block_size`.
+    fn start(&self, block_size: u64, fresh: bool) -> Result<std::fs::File> {
         if let Some(parent) = self.file.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let done = self.verified(block_size).unwrap_or_default();
-        if done.is_empty() {
+        if fresh {
             let mut header = std::fs::File::create(&self.progress)?;
             header.write_all(&block_size.to_le_bytes())?;
             header.sync_all()?;
         }
-        let file = std::fs::OpenOptions::new()
+        Ok(std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
-            .open(&self.file)?;
-        file.set_len(size)?;
-        Ok((file, done))
+            .truncate(fresh)
+            .open(&self.file)?)
     }
 
     /// The verified blocks on record, None when there is no usable record.
@@ -261,9 +258,9 @@ pub(crate) async fn pull(
         )));
     }
     let staging = Staging::of(state, &order.bucket_name, name, hash);
-    let claim = PullClaim::take(state, &order.bucket_name, name, &staging).await;
+    let mut claim = PullClaim::take(state, &order.bucket_name, name, &staging).await;
     let (file, done, blocks) = {
-        let (opening, trusted) = (staging.clone(), claim.trusted.clone());
+        let (opening, trusted) = (staging.clone(), std::mem::take(&mut claim.trusted));
         tokio::task::spawn_blocking(move || -> Result<_> {
             let (file, recorded) = opening.open(size, blocks.block_size)?;
             let done = recheck(&file, &recorded, &trusted, &blocks, size)?;
