@@ -15,6 +15,10 @@
 # Usage: loadtest/replication.sh
 # Environment (all optional):
 #   N_SMALL=1000  CONC=8  WORKERS=4  BIG_GIB=4  (BIG_GIB=0 skips (b))  IPERF_SECS=5  DD_MIB=1024
+#   CLIENT=parallel: the CONC clients of (a) are one `curl --parallel` (CONC transfers at a
+#   time over kept-alive connections, as an SDK's pool would); CLIENT=processes: one curl
+#   process per object, CONC at a time (the script's client before 2026-12-07, whose 1000
+#   process starts took about a third of this 2-core machine's CPU during (a))
 #   OVERLAP=true  (false: B pulls the big object only once A committed it, as before issue 14's
 #   overlap)
 #
@@ -49,6 +53,8 @@ IPERF_SECS="${IPERF_SECS:-5}"
 DD_MIB="${DD_MIB:-1024}"
 BIN="${MIRRORGATE_BIN:-$ROOT/target/release/mirrorgate}"
 NODES="${NODES:-1}"
+CLIENT="${CLIENT:-parallel}"
+case "$CLIENT" in parallel|processes) ;; *) echo "CLIENT must be parallel or processes" >&2; exit 2 ;; esac
 case "$NODES" in 1|2) ;; *) echo "NODES must be 1 or 2" >&2; exit 2 ;; esac
 BUCKET=repl
 H="x-clonecloudstore-client-id: bench"
@@ -227,8 +233,9 @@ cpu_report() {
     read -r busy1 total1 < <(busy_jiffies)
     awk -v p="$1" -v w="$2" -v a="$(cpu_secs "$A_PID")" -v a0="$CA0" -v b="$(cpu_secs "$B_PID")" \
         -v b0="$CB0" -v n="$(nproc)" -v busy=$((busy1 - BUSY0)) -v total=$((total1 - TOTAL0)) 'BEGIN {
-        printf "CPU during %s: A %.1f core-s, B %.1f core-s, over %.1f s of wall time; the machine'"'"'s %d cores %.0f%% busy\n",
-            p, a - a0, b - b0, w, n, 100 * busy / total}' >> "$WORK/diagnostics.txt"
+        hz = '"$(getconf CLK_TCK)"'
+        printf "CPU during %s: A %.1f core-s, B %.1f core-s, the rest (writers, kernel threads) %.1f core-s, over %.1f s of wall time; the machine'"'"'s %d cores %.0f%% busy\n",
+            p, a - a0, b - b0, busy / hz - (a - a0) - (b - b0), w, n, 100 * busy / total}' >> "$WORK/diagnostics.txt"
 }
 wait_http "http://127.0.0.1:$PA/healthz"
 wait_http "http://127.0.0.1:$PB/healthz"
@@ -353,9 +360,19 @@ SERVERS=("${PIDS[@]}")
 cpu_mark
 t0=$(now)
 for n in "${!A_NODES[@]}"; do
-    xargs -r -P "$(( (CONC + NODES - 1) / NODES ))" -n 2 sh -c \
-        'exec curl -fsS -o /dev/null --max-time 120 -X POST -H "'"$H"'" -H "Expect:" -T "$0" "$1"' \
-        < "$WORK/small.list.$n" &
+    per_node=$(( (CONC + NODES - 1) / NODES ))
+    if [ "$CLIENT" = processes ]; then
+        xargs -r -P "$per_node" -n 2 sh -c \
+            'exec curl -fsS -o /dev/null --max-time 120 -X POST -H "'"$H"'" -H "Expect:" -T "$0" "$1"' \
+            < "$WORK/small.list.$n" &
+    else
+        # One curl, per_node transfers at a time over kept-alive connections; each object
+        # is its own transfer (url, upload-file and output in that order, per line).
+        awk '{printf "url = \"%s\"\nupload-file = \"%s\"\noutput = \"/dev/null\"\n", $2, $1}' \
+            "$WORK/small.list.$n" > "$WORK/small.curlrc.$n"
+        curl -fsS --no-progress-meter --parallel --parallel-max "$per_node" --max-time 120 -X POST -H "$H" \
+            -H "Expect:" --config "$WORK/small.curlrc.$n" &
+    fi
     WRITERS+=($!); PIDS+=($!)
 done
 for w in "${WRITERS[@]}"; do wait "$w" || die "writes at A failed"; done
@@ -415,6 +432,10 @@ if [ "$NODES" = 2 ]; then
 else
     MODE="site A: 1 node on SQLite, site B: 1 node on SQLite"
 fi
+case "$CLIENT" in
+    parallel) MODE="$MODE; writers: one curl --parallel per node" ;;
+    processes) MODE="$MODE; writers: one curl process per object" ;;
+esac
 python3 - "$RESULTS" "$IPERF_GBS" "$CONC" "$WORKERS" "$DD_MBS" "$LOAD_START" "$LOAD_END" "$MODE" "$SMALL_MBS" <<'PY'
 import sys, os, datetime
 results, iperf, conc, workers = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -354,6 +354,97 @@ mod store {
         }
     }
 
+    /// The inbox claim's rules: an order waits for every earlier open order of its object, a
+    /// bucket order (no object) for every earlier open order of its bucket, and every later
+    /// order of the bucket waits for an open bucket order. The status query answers a list.
+    async fn claims_keep_object_and_bucket_order(store: &MetaStore) {
+        let received = |bucket: &str, name: Option<&str>| Order {
+            from_site: "site-b".into(),
+            to_site: "site-a".into(),
+            object_name: name.map(str::to_owned),
+            ..order(bucket, "unused")
+        };
+        let (x1, y, x2) = (
+            received("b1", Some("x")),
+            received("b1", Some("y")),
+            received("b1", Some("x")),
+        );
+        let (whole, z, other) = (
+            received("b1", None),
+            received("b1", Some("z")),
+            received("b2", Some("x")),
+        );
+        let all = [&x1, &y, &x2, &whole, &z, &other].map(|o| o.clone());
+        store.receive_orders(&all).await.unwrap();
+        let claim = || async {
+            let rows = store.claim_inbox_batch("site-a", 60_000, 10).await.unwrap();
+            rows.into_iter()
+                .map(|r| (r.order.op_id, r.seq))
+                .collect::<Vec<_>>()
+        };
+        let ids = |rows: &[(String, i64)]| rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>();
+        let first = claim().await;
+        assert_eq!(ids(&first), [&x1, &y, &other].map(|o| o.op_id.clone()));
+        assert!(
+            claim().await.is_empty(),
+            "x2 waits for x1, the bucket order for all"
+        );
+        store.inbox_done(first[0].1).await.unwrap();
+        let second = claim().await;
+        assert_eq!(ids(&second), [x2.op_id.clone()]);
+        store.inbox_done(first[1].1).await.unwrap();
+        assert!(claim().await.is_empty(), "the bucket order waits for x2");
+        store.inbox_done(second[0].1).await.unwrap();
+        let third = claim().await;
+        assert_eq!(
+            ids(&third),
+            [whole.op_id.clone()],
+            "z waits for the bucket order"
+        );
+        store.inbox_done(third[0].1).await.unwrap();
+        assert_eq!(ids(&claim().await), [z.op_id.clone()]);
+
+        let asked = [
+            x1.op_id.clone(),
+            "nobody".into(),
+            x1.op_id.clone(),
+            z.op_id.clone(),
+        ];
+        let statuses = store.order_statuses(&asked, Some("site-b")).await.unwrap();
+        let got: Vec<_> = statuses
+            .iter()
+            .map(|s| (s.op_id.as_str(), s.status.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (x1.op_id.as_str(), "DONE"),
+                ("nobody", "UNKNOWN"),
+                (x1.op_id.as_str(), "DONE"),
+                (z.op_id.as_str(), "PROCESSING"),
+            ]
+        );
+        let foreign = store
+            .order_statuses(&asked[..1], Some("site-c"))
+            .await
+            .unwrap();
+        assert_eq!(
+            foreign[0].status, "UNKNOWN",
+            "a peer learns only of its own orders"
+        );
+        assert!(store.order_statuses(&[], None).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn inbox_claims_keep_object_and_bucket_order_on_sqlite_and_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/meta.db", dir.path().display());
+        claims_keep_object_and_bucket_order(&MetaStore::open(&url).await.unwrap()).await;
+        let Some(pg) = Postgres::start() else { return };
+        let url = pg.database().await;
+        claims_keep_object_and_bucket_order(&MetaStore::open(&url).await.unwrap()).await;
+    }
+
     async fn two_nodes(pg: &Postgres) -> (MetaStore, MetaStore) {
         let url = pg.database().await;
         let n1 = MetaStore::open(&url).await.unwrap().with_node("n1", 60_000);

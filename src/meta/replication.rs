@@ -708,32 +708,46 @@ impl MetaStore {
         op_ids: &[String],
         from_site: Option<&str>,
     ) -> Result<Vec<OrderStatus>> {
-        let mut out = Vec::with_capacity(op_ids.len());
+        if op_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One query for the whole list (a sender asks about up to a batch of orders at once).
+        let list = (2..op_ids.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT op_id, state, last_error, attempts FROM inbox \
+             WHERE ($1 IS NULL OR from_site = $1) AND op_id IN ({list})"
+        );
+        let mut query = sqlx::query(&sql).bind(from_site);
         for op_id in op_ids {
-            let row = sqlx::query(
-                "SELECT state, last_error, attempts FROM inbox \
-                 WHERE op_id = $1 AND ($2 IS NULL OR from_site = $2)",
-            )
-            .bind(op_id)
-            .bind(from_site)
-            .fetch_optional(self.pool())
-            .await?;
-            out.push(match row {
-                Some(r) => OrderStatus {
-                    op_id: op_id.clone(),
-                    status: r.get(0),
-                    error: r.get(1),
-                    attempts: r.get::<i64, _>(2) as u32,
-                },
-                None => OrderStatus {
+            query = query.bind(op_id);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        let found: HashMap<String, OrderStatus> = rows
+            .iter()
+            .map(|r| {
+                let status = OrderStatus {
+                    op_id: r.get(0),
+                    status: r.get(1),
+                    error: r.get(2),
+                    attempts: r.get::<i64, _>(3) as u32,
+                };
+                (status.op_id.clone(), status)
+            })
+            .collect();
+        Ok(op_ids
+            .iter()
+            .map(|op_id| {
+                found.get(op_id).cloned().unwrap_or_else(|| OrderStatus {
                     op_id: op_id.clone(),
                     status: "UNKNOWN".into(),
                     error: None,
                     attempts: 0,
-                },
-            });
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     /// Claims the next due order whose object has no earlier order still open, so orders for
@@ -748,6 +762,10 @@ impl MetaStore {
     /// [`MetaStore::claim_inbox`] for up to `limit` orders at once, in one grouped write. The
     /// candidates are chosen on the rows as they were before the claim, so two orders of one
     /// object are never claimed together (the later one still sees the earlier one open).
+    /// What blocks a candidate is three index lookups (an earlier open order of its object, an
+    /// earlier open bucket order, and for a bucket order any earlier open order of its
+    /// bucket), not one condition with ORs: that one scanned every row of the bucket, done
+    /// ones included, for each candidate, so a backlog cost the receiver quadratic CPU.
     pub async fn claim_inbox_batch(
         &self,
         self_site: &str,
@@ -767,9 +785,12 @@ impl MetaStore {
                     "UPDATE inbox SET state = 'PROCESSING', claimed_until = $1 WHERE seq IN (
                         SELECT i.seq FROM inbox i
                         WHERE ((i.state = 'PENDING' AND i.next_attempt <= $2) OR (i.state = 'PROCESSING' AND i.claimed_until < $2))
-                        AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
-                                        AND (j.object IS NOT DISTINCT FROM i.object OR j.object IS NULL OR i.object IS NULL)
-                                        AND j.seq < i.seq AND j.state IN ('PENDING', 'PROCESSING'))
+                        AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket AND j.object = i.object
+                                        AND j.state IN ('PENDING', 'PROCESSING') AND j.seq < i.seq)
+                        AND NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket AND j.object IS NULL
+                                        AND j.state IN ('PENDING', 'PROCESSING') AND j.seq < i.seq)
+                        AND (i.object IS NOT NULL OR NOT EXISTS (SELECT 1 FROM inbox j WHERE j.bucket = i.bucket
+                                        AND j.state IN ('PENDING', 'PROCESSING') AND j.seq < i.seq))
                         ORDER BY i.seq LIMIT $3{skip_locked})
                      RETURNING seq, op_id, from_site, client_id, bucket, object, size, hash, action, attempts, created, version_time"
                 ))
