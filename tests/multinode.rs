@@ -391,18 +391,18 @@ mod store {
         );
         store.inbox_done(first[0].1).await.unwrap();
         let second = claim().await;
-        assert_eq!(ids(&second), [x2.op_id.clone()]);
+        assert_eq!(ids(&second), [x2.op_id.as_str()]);
         store.inbox_done(first[1].1).await.unwrap();
         assert!(claim().await.is_empty(), "the bucket order waits for x2");
         store.inbox_done(second[0].1).await.unwrap();
         let third = claim().await;
         assert_eq!(
             ids(&third),
-            [whole.op_id.clone()],
+            [whole.op_id.as_str()],
             "z waits for the bucket order"
         );
         store.inbox_done(third[0].1).await.unwrap();
-        assert_eq!(ids(&claim().await), [z.op_id.clone()]);
+        assert_eq!(ids(&claim().await), [z.op_id.as_str()]);
 
         let asked = [
             x1.op_id.clone(),
@@ -433,6 +433,45 @@ mod store {
             "a peer learns only of its own orders"
         );
         assert!(store.order_statuses(&[], None).await.unwrap().is_empty());
+
+        // Sent and completed in batches, two orders of one name among them.
+        let sent = [
+            order("b3", "same"),
+            order("b3", "same"),
+            order("b3", "other"),
+        ];
+        store.queue_orders(&sent).await.unwrap();
+        let rows = store.queued_orders("site-a", "site-b", 10).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        store.mark_sent(&rows, 0).await.unwrap();
+        let due = store.sent_orders_due("site-a", "site-b", 10).await.unwrap();
+        assert_eq!(due.len(), 3, "all SENT and due");
+        let status = |name: &'static str| async move {
+            let at = store.replication_status("b3", name).await.unwrap();
+            at.get("site-b").cloned().unwrap_or_default()
+        };
+        assert_eq!(status("same").await, "PROCESSING");
+        store.postpone_check(&[rows[0].seq], 60_000).await.unwrap();
+        let due = store.sent_orders_due("site-a", "site-b", 10).await.unwrap();
+        assert_eq!(due.len(), 2, "one postponed");
+        store.orders_completed(&rows).await.unwrap();
+        assert!(store
+            .queued_orders("site-a", "site-b", 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .sent_orders_due("site-a", "site-b", 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(status("same").await, "COMPLETED");
+        assert_eq!(status("other").await, "COMPLETED");
+        let completed = store
+            .event_totals(Some("site-b"), "COMPLETED", 0)
+            .await
+            .unwrap();
+        assert_eq!(completed.count, 3, "one event per order");
     }
 
     #[tokio::test]

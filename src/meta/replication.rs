@@ -189,6 +189,85 @@ async fn set_status(
     Ok(())
 }
 
+/// Rows per multi-row statement: well under SQLite's and PostgreSQL's bind limits.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `($1,$2),($3,$4)`-style placeholders for `rows` rows of `cols` values, numbered from 1.
+fn value_lists(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", row.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The outbox rows `seqs`, as `seq IN (...)` of a statement whose other binds come first.
+fn seq_list(seqs: &[i64], first: usize) -> String {
+    (first..first + seqs.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`set_status`] for the objects of many outbox rows in few statements (a statement is a
+/// hand-off to SQLite's worker thread, the dearest part of a small write). A name met twice
+/// is set once: PostgreSQL refuses an upsert that touches one row twice.
+async fn set_statuses(tx: &mut AnyConnection, rows: &[OutboxRow], status: &str) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let keys: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter_map(|r| {
+            let o = &r.order;
+            let name = o.object_name.as_deref()?;
+            seen.insert((o.bucket_name.as_str(), name, o.to_site.as_str()))
+                .then_some((o.bucket_name.as_str(), name, o.to_site.as_str()))
+        })
+        .collect();
+    let now = now_ms();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO replication_status (bucket, object, site, status, updated) VALUES {}
+             ON CONFLICT (bucket, object, site) DO UPDATE SET status = excluded.status, updated = excluded.updated",
+            value_lists(chunk.len(), 5)
+        );
+        let mut query = sqlx::query(&sql);
+        for (bucket, object, site) in chunk {
+            query = query
+                .bind(*bucket)
+                .bind(*object)
+                .bind(*site)
+                .bind(status)
+                .bind(now);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// One replication event per row, of `kind`, in few statements.
+async fn record_events(tx: &mut AnyConnection, rows: &[OutboxRow], kind: &str) -> Result<()> {
+    let now = now_ms();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO replication_events (at, site, kind, bytes) VALUES {}",
+            value_lists(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            let bytes = r.order.size.unwrap_or(0) as i64;
+            query = query
+                .bind(now)
+                .bind(&r.order.to_site)
+                .bind(kind)
+                .bind(bytes);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 async fn record_event(tx: &mut AnyConnection, site: &str, kind: &str, bytes: i64) -> Result<()> {
     sqlx::query("INSERT INTO replication_events (at, site, kind, bytes) VALUES ($1,$2,$3,$4)")
         .bind(now_ms())
@@ -251,23 +330,9 @@ impl MetaStore {
     pub async fn mark_sent(&self, rows: &[OutboxRow], check_after_ms: i64) -> Result<()> {
         let changing = self.changing(row_changes(rows));
         let mut tx = self.write_tx().await?;
-        for row in rows {
-            sqlx::query("UPDATE outbox SET state = 'SENT', next_attempt = $1, last_error = NULL WHERE seq = $2")
-                .bind(now_ms() + check_after_ms)
-                .bind(row.seq)
-                .execute(&mut *tx)
-                .await?;
-            if let Some(object) = &row.order.object_name {
-                set_status(
-                    &mut tx,
-                    &row.order.bucket_name,
-                    object,
-                    &row.order.to_site,
-                    "PROCESSING",
-                )
-                .await?;
-            }
-        }
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        set_next_attempt(&mut tx, &seqs, now_ms() + check_after_ms, true).await?;
+        set_statuses(&mut tx, rows, "PROCESSING").await?;
         tx.commit().await?;
         changing.done();
         Ok(())
@@ -276,13 +341,7 @@ impl MetaStore {
     /// Asks again later about SENT orders that are still in progress at the peer.
     pub async fn postpone_check(&self, seqs: &[i64], after_ms: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        for seq in seqs {
-            sqlx::query("UPDATE outbox SET next_attempt = $1 WHERE seq = $2")
-                .bind(now_ms() + after_ms)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-        }
+        set_next_attempt(&mut tx, seqs, now_ms() + after_ms, false).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -329,15 +388,8 @@ impl MetaStore {
         }
         let changing = self.changing(row_changes(rows));
         let rows = rows.to_vec();
-        self.grouped(move |tx| {
-            Box::pin(async move {
-                for row in &rows {
-                    complete_in_tx(tx, row).await?;
-                }
-                Ok(())
-            })
-        })
-        .await?;
+        self.grouped(move |tx| Box::pin(async move { complete_in_tx(tx, &rows).await }))
+            .await?;
         changing.done();
         Ok(())
     }
@@ -884,16 +936,43 @@ impl MetaStore {
 }
 
 /// Removes a completed order, marks its object COMPLETED for the peer and counts it.
-async fn complete_in_tx(tx: &mut AnyConnection, row: &OutboxRow) -> Result<()> {
-    sqlx::query("DELETE FROM outbox WHERE seq = $1")
-        .bind(row.seq)
-        .execute(&mut *tx)
-        .await?;
-    let o = &row.order;
-    if let Some(object) = &o.object_name {
-        set_status(tx, &o.bucket_name, object, &o.to_site, "COMPLETED").await?;
+async fn complete_in_tx(tx: &mut AnyConnection, rows: &[OutboxRow]) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let seqs: Vec<i64> = chunk.iter().map(|r| r.seq).collect();
+        let sql = format!("DELETE FROM outbox WHERE seq IN ({})", seq_list(&seqs, 1));
+        let mut query = sqlx::query(&sql);
+        for seq in &seqs {
+            query = query.bind(seq);
+        }
+        query.execute(&mut *tx).await?;
     }
-    record_event(tx, &o.to_site, "COMPLETED", o.size.unwrap_or(0) as i64).await
+    set_statuses(tx, rows, "COMPLETED").await?;
+    record_events(tx, rows, "COMPLETED").await
+}
+
+/// Sets when the outbox rows `seqs` are next looked at; `sent` also marks them SENT.
+async fn set_next_attempt(
+    tx: &mut AnyConnection,
+    seqs: &[i64],
+    next_attempt: i64,
+    sent: bool,
+) -> Result<()> {
+    let set = match sent {
+        true => "state = 'SENT', next_attempt = $1, last_error = NULL",
+        false => "next_attempt = $1",
+    };
+    for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE outbox SET {set} WHERE seq IN ({})",
+            seq_list(chunk, 2)
+        );
+        let mut query = sqlx::query(&sql).bind(next_attempt);
+        for seq in chunk {
+            query = query.bind(seq);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// The objects whose replication status a change of these outbox rows touches.
