@@ -471,7 +471,16 @@ mod store {
             .event_totals(Some("site-b"), "COMPLETED", 0)
             .await
             .unwrap();
-        assert_eq!(completed.count, 3, "one event per order");
+        assert_eq!(
+            (completed.count, completed.bytes),
+            (3, 9),
+            "one event per order"
+        );
+        let everywhere = store.event_totals(None, "COMPLETED", 0).await.unwrap();
+        assert_eq!(everywhere.count, 3);
+        let later = chrono::Utc::now().timestamp_millis() + 2_000;
+        let none_yet = store.event_totals(None, "COMPLETED", later).await.unwrap();
+        assert_eq!((none_yet.count, none_yet.bytes), (0, 0));
     }
 
     #[tokio::test]

@@ -246,37 +246,39 @@ async fn set_statuses(tx: &mut AnyConnection, rows: &[OutboxRow], status: &str) 
     Ok(())
 }
 
-/// One replication event per row, of `kind`, in few statements.
-async fn record_events(tx: &mut AnyConnection, rows: &[OutboxRow], kind: &str) -> Result<()> {
-    let now = now_ms();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO replication_events (at, site, kind, bytes) VALUES {}",
-            value_lists(chunk.len(), 4)
-        );
-        let mut query = sqlx::query(&sql);
-        for r in chunk {
-            let bytes = r.order.size.unwrap_or(0) as i64;
-            query = query
-                .bind(now)
-                .bind(&r.order.to_site)
-                .bind(kind)
-                .bind(bytes);
-        }
-        query.execute(&mut *tx).await?;
+/// Counts completions or failures (`kind`) of orders to `sites` (one entry an order, with its
+/// bytes). The counts are kept per site, kind and second, so a total over a day reads at most
+/// a day's seconds, however many orders ran (one row an event made the Backbeat metrics
+/// read every event of the last 24 hours on each call).
+async fn count_events(tx: &mut AnyConnection, kind: &str, events: &[(&str, i64)]) -> Result<()> {
+    let mut per_site: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (site, bytes) in events {
+        let slot = per_site.entry(site).or_default();
+        *slot = (slot.0 + 1, slot.1 + bytes);
+    }
+    let second = now_ms() / 1000;
+    for (site, (count, bytes)) in per_site {
+        sqlx::query(
+            "INSERT INTO replication_counts (site, kind, second, count, bytes) VALUES ($1,$2,$3,$4,$5)
+             ON CONFLICT (site, kind, second) DO UPDATE SET count = replication_counts.count + excluded.count,
+             bytes = replication_counts.bytes + excluded.bytes",
+        )
+        .bind(site)
+        .bind(kind)
+        .bind(second)
+        .bind(count)
+        .bind(bytes)
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(())
 }
 
-async fn record_event(tx: &mut AnyConnection, site: &str, kind: &str, bytes: i64) -> Result<()> {
-    sqlx::query("INSERT INTO replication_events (at, site, kind, bytes) VALUES ($1,$2,$3,$4)")
-        .bind(now_ms())
-        .bind(site)
-        .bind(kind)
-        .bind(bytes)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+/// The (site, bytes) of each order, for [`count_events`].
+fn order_events(rows: &[OutboxRow]) -> Vec<(&str, i64)> {
+    rows.iter()
+        .map(|r| (r.order.to_site.as_str(), r.order.size.unwrap_or(0) as i64))
+        .collect()
 }
 
 impl MetaStore {
@@ -437,15 +439,25 @@ impl MetaStore {
         kind: &str,
         since_ms: i64,
     ) -> Result<Totals> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM replication_events
-             WHERE ($1 IS NULL OR site = $1) AND kind = $2 AND at >= $3",
-        )
-        .bind(site)
-        .bind(kind)
-        .bind(since_ms)
-        .fetch_one(self.pool())
-        .await?;
+        // Per second: an event in the second `since_ms` falls in counts (up to 1 s early).
+        const SUMS: &str = "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT), \
+            CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM replication_counts";
+        let (one_site, all_sites);
+        let query = match site {
+            Some(site) => {
+                one_site = format!("{SUMS} WHERE site = $1 AND kind = $2 AND second >= $3");
+                sqlx::query(&one_site).bind(site)
+            }
+            None => {
+                all_sites = format!("{SUMS} WHERE kind = $1 AND second >= $2");
+                sqlx::query(&all_sites)
+            }
+        };
+        let row = query
+            .bind(kind)
+            .bind(since_ms.div_euclid(1000))
+            .fetch_one(self.pool())
+            .await?;
         Ok(Totals {
             count: row.get(0),
             bytes: row.get(1),
@@ -624,8 +636,8 @@ impl MetaStore {
             .bind(before_ms)
             .execute(self.pool())
             .await?;
-        sqlx::query("DELETE FROM replication_events WHERE at < $1")
-            .bind(now_ms() - 86_400_000)
+        sqlx::query("DELETE FROM replication_counts WHERE second < $1")
+            .bind((now_ms() - 86_400_000) / 1000)
             .execute(self.pool())
             .await?;
         sqlx::query("DELETE FROM inbox WHERE state = 'DONE' AND finished < $1")
@@ -947,7 +959,7 @@ async fn complete_in_tx(tx: &mut AnyConnection, rows: &[OutboxRow]) -> Result<()
         query.execute(&mut *tx).await?;
     }
     set_statuses(tx, rows, "COMPLETED").await?;
-    record_events(tx, rows, "COMPLETED").await
+    count_events(tx, "COMPLETED", &order_events(rows)).await
 }
 
 /// Sets when the outbox rows `seqs` are next looked at; `sent` also marks them SENT.
@@ -1046,7 +1058,7 @@ async fn fail_in_tx(
     if let Some(object) = &o.object_name {
         set_status(tx, &o.bucket_name, object, &o.to_site, "FAILED").await?;
     }
-    record_event(tx, &o.to_site, "FAILED", o.size.unwrap_or(0) as i64).await?;
+    count_events(tx, "FAILED", &[(&o.to_site, o.size.unwrap_or(0) as i64)]).await?;
     Ok(())
 }
 
