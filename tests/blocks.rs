@@ -320,6 +320,53 @@ async fn ranges_are_verified_by_the_blocks_they_touch() {
     assert!(b.metric(served).await >= 1.0);
 }
 
+/// A replica replaced by a newer version (the conflict rule's replace path) has that version's
+/// blocks, recorded with its row: a corrupt block of the new bytes fails the ranges touching it.
+#[tokio::test]
+async fn a_replaced_replica_has_the_blocks_of_its_new_version() {
+    let a = Site::start("site-a", &with_blocks(FAST));
+    let quiet = "[replication]\nenabled = false\n[scrub]\nenabled = false\n";
+    let b = Site::start("site-b", &with_blocks(quiet));
+    mesh(&[&a, &b]).await;
+    create_bucket(&a, "upd").await;
+    bucket_arrives(&b, "upd").await;
+    // B holds an older version of its own (B sends nothing); A's newer one replaces it.
+    let (old, new) = (data(2 * BLOCK, 7), data(3 * BLOCK + 999, 8));
+    put_object(&b, "upd", "obj", old).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    put_object(&a, "upd", "obj", new.clone()).await;
+    eventually(
+        Duration::from_secs(60),
+        "the newer version at B",
+        || async { file_is(&b, "upd", "obj", &new).then_some(()) },
+    )
+    .await;
+    let url = remote(&b, "upd/obj");
+    eventually(Duration::from_secs(10), "the new row at B", || async {
+        let r = range(&url, "bytes=0-99").await;
+        (r.status() == 206 && got_exactly(r, &new[..100]).await).then_some(())
+    })
+    .await;
+    flip(&b, "upd", "obj", 2 * BLOCK + 100);
+    assert_range(&url, "bytes=0-1000", &new, 0, 1001).await;
+    let mut corrupt = new.clone();
+    corrupt[2 * BLOCK + 100] ^= 0x5a;
+    let (from, to) = (2 * BLOCK + 50, 2 * BLOCK + 200);
+    let served = match client()
+        .get(&url)
+        .header("range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+    {
+        Ok(r) => got_exactly(r, &corrupt[from..=to]).await,
+        Err(_) => false,
+    };
+    assert!(
+        !served,
+        "the corrupt block of the new version never completes"
+    );
+}
+
 #[tokio::test]
 async fn objects_without_blocks_serve_ranges_as_before() {
     let a = Site::start("site-a", &with_blocks("[replication]\nenabled = false\n"));

@@ -293,15 +293,12 @@ pub async fn replace(
     origin: &WriteOrigin,
 ) -> Result<Object> {
     let received = receive(site, &new, body, &expected, &mut false, false).await?;
-    site.meta
-        .put_blocks(&new.bucket, &new.name, &received.sha256, &received.blocks)
-        .await?;
     new.size = received.size;
     new.hash = Some(received.sha256);
     new.status = Status::Ready;
     if let Err(e) = site
         .meta
-        .replace_object(current, &new, replica_source(origin))
+        .replace_object(current, &new, replica_source(origin), &received.blocks)
         .await
     {
         // Deleted meanwhile: the bytes just written must not outlive their row.

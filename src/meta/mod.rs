@@ -869,36 +869,50 @@ impl MetaStore {
         old: &Object,
         new: &Object,
         replica_of: Option<&str>,
+        blocks: &BlockHashes,
     ) -> Result<()> {
         let changing = self.changing_object(&old.bucket, &old.name, &[]);
-        let changed = sqlx::query(
-            "UPDATE objects SET id = $1, site = $2, hash = $3, creation = $4, expires = $5, size = $6,
-             metadata = $7, replica_of = $8
-             WHERE bucket = $9 AND name = $10 AND id = $11 AND status = 'READY' AND hash = $12",
-        )
-        .bind(&new.id)
-        .bind(&new.site)
-        .bind(&new.hash)
-        .bind(new.creation.timestamp_millis())
-        .bind(new.expires.map(|e| e.timestamp_millis()))
-        .bind(new.size as i64)
-        .bind(serde_json::to_string(&new.metadata).map_err(|e| Error::internal(e.to_string()))?)
-        .bind(replica_of)
-        .bind(&old.bucket)
-        .bind(&old.name)
-        .bind(&old.id)
-        .bind(&old.hash)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let metadata =
+            serde_json::to_string(&new.metadata).map_err(|e| Error::internal(e.to_string()))?;
+        let (old, new) = (old.clone(), new.clone());
+        let (replica_of, blocks) = (replica_of.map(str::to_owned), blocks.clone());
+        // The new version's row and its block hashes commit together, or neither does.
+        let replaced = self
+            .grouped(move |tx| {
+                Box::pin(async move {
+                    let changed = sqlx::query(
+                        "UPDATE objects SET id = $1, site = $2, hash = $3, creation = $4, expires = $5, size = $6,
+                         metadata = $7, replica_of = $8
+                         WHERE bucket = $9 AND name = $10 AND id = $11 AND status = 'READY' AND hash = $12",
+                    )
+                    .bind(&new.id)
+                    .bind(&new.site)
+                    .bind(&new.hash)
+                    .bind(new.creation.timestamp_millis())
+                    .bind(new.expires.map(|e| e.timestamp_millis()))
+                    .bind(new.size as i64)
+                    .bind(metadata)
+                    .bind(replica_of)
+                    .bind(&old.bucket)
+                    .bind(&old.name)
+                    .bind(&old.id)
+                    .bind(&old.hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 0 {
+                        return Err(Error::conflict(format!(
+                            "object {}/{} changed while its new version was pulled",
+                            old.bucket, old.name
+                        )));
+                    }
+                    let hash = new.hash.as_deref().unwrap_or_default();
+                    blocks::put_blocks_in(tx, (&new.bucket, &new.name, hash), &blocks).await
+                })
+            })
+            .await;
         changing.done();
-        if changed == 0 {
-            return Err(Error::conflict(format!(
-                "object {}/{} changed while its new version was pulled",
-                old.bucket, old.name
-            )));
-        }
-        Ok(())
+        replaced
     }
 
     /// Marks a DELETING object DELETED and queues its orders, in one transaction.
