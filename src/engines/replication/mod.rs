@@ -44,6 +44,8 @@ pub struct ReplicationService {
     senders: Mutex<HashMap<String, SenderState>>,
     /// Stagings shared by prefetches and ranged pulls.
     pub(crate) stagings: Mutex<prefetch::Stagings>,
+    /// Wakes the pulls waiting for a prefetch to end (see `prefetch::PullClaim`).
+    pub(crate) prefetch_ended: Notify,
 }
 
 #[derive(Default, Clone, Copy)]

@@ -181,6 +181,7 @@ pub fn follow(state: &Replication, hint: PrefetchHint) -> bool {
             .unwrap()
             .following
             .remove(&key);
+        state.service.prefetch_ended.notify_waiters();
     });
     true
 }
@@ -403,17 +404,22 @@ impl<'a> PullClaim<'a> {
         staging: &Staging,
     ) -> PullClaim<'a> {
         let key = (bucket.to_owned(), name.to_owned());
-        let started = Instant::now();
-        while started.elapsed() < HANDOVER_WAIT
-            && state
+        let until = tokio::time::Instant::now() + HANDOVER_WAIT;
+        loop {
+            // Registered before the check, so an ending between the two still wakes it.
+            let ended = state.service.prefetch_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let following = state
                 .service
                 .stagings
                 .lock()
                 .unwrap()
                 .following
-                .contains(&key)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+                .contains(&key);
+            if !following || tokio::time::timeout_at(until, ended).await.is_err() {
+                break;
+            }
         }
         let path = staging.path().to_path_buf();
         let mut stagings = state.service.stagings.lock().unwrap();
