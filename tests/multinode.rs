@@ -307,7 +307,7 @@ async fn a_schedule_fires_once_per_due_time_across_nodes() {
 mod store {
     //! The metadata store itself on PostgreSQL: the queries whose SQL differs or is assembled
     //! (filters, failed operations, aggregates), leases and claims between two nodes.
-    use mirrorgate::meta::{Bucket, MetaStore, Object, ObjectFilter, Status};
+    use mirrorgate::meta::{Bucket, MetaStore, Object, ObjectFilter, Status, Verified};
     use mirrorgate::model::order::{Action, Order};
 
     use super::Postgres;
@@ -512,7 +512,13 @@ mod store {
         for name in ["a/1", "a/2", "b/1"] {
             let o = object("b1", name);
             n1.begin_upload(&o).await.unwrap();
-            n1.finish_upload(&o, 3, "h", None, &blocks, &[order("b1", name)])
+            let verified = Verified {
+                size: 3,
+                sha256: "h",
+                adler32: "a",
+                blocks: &blocks,
+            };
+            n1.finish_upload(&o, &verified, None, &[order("b1", name)])
                 .await
                 .unwrap();
         }

@@ -14,7 +14,7 @@ use crate::core::digest::SideHashes;
 use crate::core::stream::{self, OnMismatch, VerifyBlocks};
 use crate::core::uploads::{InProgress, UploadStart};
 use crate::error::{Error, Kind, Origin, Result};
-use crate::meta::{Object, Status, VersionToDelete};
+use crate::meta::{Object, Status, Verified, VersionToDelete};
 use crate::model::blocks::BlockHashes;
 use crate::model::hash;
 use crate::model::order::Action;
@@ -225,13 +225,21 @@ async fn store_incoming(
         Err(e) => return abandon(site, guard, e).await,
     };
     let (s, o, origin_owned) = (site.clone(), obj.clone(), origin.clone());
-    let (size, sha256, blocks) = (
+    let (size, sha256, blocks, adler32) = (
         received.size,
         received.sha256.clone(),
         received.blocks.clone(),
+        received.adler32.clone(),
     );
-    let committing =
-        async move { commit_upload(&s, &o, (size, &sha256, &blocks), &origin_owned).await };
+    let committing = async move {
+        let verified = Verified {
+            size,
+            sha256: &sha256,
+            adler32: &adler32,
+            blocks: &blocks,
+        };
+        commit_upload(&s, &o, &verified, &origin_owned).await
+    };
     if let Err(e) = guard.settle(committing).await {
         return abandon(site, guard, e).await;
     }
@@ -243,7 +251,6 @@ async fn store_incoming(
     obj.size = received.size;
     obj.hash = Some(received.sha256);
     obj.status = Status::Ready;
-    crate::core::replicas::stored(site, &obj, &received.adler32).await;
     Ok(obj)
 }
 
@@ -259,15 +266,15 @@ async fn abandon(site: &Site, guard: UploadGuard, e: Error) -> Result<Object> {
 async fn commit_upload(
     site: &Site,
     obj: &Object,
-    (size, hash, blocks): (u64, &str, &BlockHashes),
+    verified: &Verified<'_>,
     origin: &WriteOrigin,
 ) -> Result<()> {
-    let target = Some((obj.name.as_str(), size, hash));
+    let target = Some((obj.name.as_str(), verified.size, verified.sha256));
     let orders = site
         .orders_for(origin, &obj.bucket, target, Action::Create)
         .await?;
     site.meta
-        .finish_upload(obj, size, hash, replica_source(origin), blocks, &orders)
+        .finish_upload(obj, verified, replica_source(origin), &orders)
         .await?;
     site.queued(&orders);
     Ok(())

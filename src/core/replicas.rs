@@ -1,5 +1,6 @@
 //! The replica rows this site keeps for each write, written where the copies change: a
-//! verified write (`stored`, state A with size, SHA-256 and adler32), a pull in progress
+//! verified write (state A with size, SHA-256 and adler32: in the transaction that makes a new
+//! object READY, see `meta::Verified`; `stored` for a replaced version), a pull in progress
 //! (`copying`, C), a deletion (`removed`). Rows for peers' copies are learned from replication
 //! (`peer_applied` at the source, `pulled_from` at the replica). A row missed here (a crash in
 //! between) is restored by the catalogue's startup reconciliation.
@@ -8,7 +9,7 @@ use super::Site;
 use crate::meta::Object;
 use crate::model::order::{Action, Order, WriteOrigin};
 
-/// A verified copy was stored here (client write, replica pull).
+/// A verified copy replaced the one held here (a new object's row is written by `finish_upload`).
 pub async fn stored(site: &Site, obj: &Object, adler32: &str) {
     let done = site
         .meta

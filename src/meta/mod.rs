@@ -41,6 +41,16 @@ pub use crate::model::object::{Bucket, Object, Status, Topology, TopologyStatus}
 use crate::model::order::Order;
 use cache::{CacheOptions, CachedObject, Change, Changing, MetaCache};
 
+/// What an upload's bytes were verified to be as they streamed in, recorded when it becomes
+/// READY: the object's row, its block hashes and this site's copy in the catalogue commit
+/// together.
+pub struct Verified<'a> {
+    pub size: u64,
+    pub sha256: &'a str,
+    pub adler32: &'a str,
+    pub blocks: &'a BlockHashes,
+}
+
 /// The metadata store. Bucket, grant and object rows (and an object's replication status)
 /// are served from an in-process [`MetaCache`]; every method that writes them reports what it
 /// changed to the cache (see `cache` for why a cached answer is never older than the last
@@ -756,21 +766,28 @@ impl MetaStore {
     pub async fn finish_upload(
         &self,
         obj: &Object,
-        size: u64,
-        hash: &str,
+        verified: &Verified<'_>,
         replica_of: Option<&str>,
-        blocks: &BlockHashes,
         orders: &[Order],
     ) -> Result<()> {
         let changing = self.changing_object(&obj.bucket, &obj.name, orders);
-        let (obj, hash, replica_of) = (obj.clone(), hash.to_owned(), replica_of.map(str::to_owned));
-        let (blocks, orders) = (blocks.clone(), orders.to_vec());
+        let ready = Object {
+            size: verified.size,
+            hash: Some(verified.sha256.to_owned()),
+            status: Status::Ready,
+            ..obj.clone()
+        };
+        let (obj, replica_of, orders) =
+            (obj.clone(), replica_of.map(str::to_owned), orders.to_vec());
+        let (blocks, adler32) = (verified.blocks.clone(), verified.adler32.to_owned());
+        let here = self.local_site.clone();
         self.grouped(move |tx| {
             Box::pin(async move {
-                let ready = (size, hash.as_str(), replica_of.as_deref());
-                finish_upload_in(tx, &obj, ready, &orders).await?;
-                let version = (obj.bucket.as_str(), obj.name.as_str(), hash.as_str());
-                blocks::put_blocks_in(tx, version, &blocks).await
+                let hash = ready.hash.as_deref().unwrap_or_default();
+                let row = (ready.size, hash, replica_of.as_deref());
+                finish_upload_in(tx, &obj, row, &orders).await?;
+                blocks::put_blocks_in(tx, (&obj.bucket, &obj.name, hash), &blocks).await?;
+                replicas::stored_in(tx, &ready, &here, Some(&adler32)).await
             })
         })
         .await?;

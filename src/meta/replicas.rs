@@ -190,36 +190,9 @@ impl MetaStore {
         adler32: Option<&str>,
     ) -> Result<()> {
         let changing = self.copy_changing(&obj.bucket, &obj.name);
-        let now = now_ms();
-        let row = (
-            obj.bucket.clone(),
-            obj.name.clone(),
-            site.to_owned(),
-            obj.size as i64,
-        );
-        let (sha256, adler32) = (obj.hash.clone(), adler32.map(str::to_owned));
+        let (obj, site, adler32) = (obj.clone(), site.to_owned(), adler32.map(str::to_owned));
         self.grouped(move |tx| {
-            Box::pin(async move {
-                let (bucket, name, site, size) = row;
-                sqlx::query(
-            "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, verified_at, created_at, updated_at)
-             VALUES ($1,$2,$3,'A',$4,$5,$6,$7,$7,$7)
-             ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
-             sha256 = excluded.sha256, adler32 = COALESCE(excluded.adler32, replicas.adler32),
-             tombstone = NULL, error_message = NULL, verified_at = excluded.verified_at,
-             updated_at = excluded.updated_at",
-        )
-        .bind(bucket)
-        .bind(name)
-        .bind(site)
-        .bind(size)
-        .bind(sha256)
-        .bind(adler32)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-                Ok(())
-            })
+            Box::pin(async move { stored_in(tx, &obj, &site, adler32.as_deref()).await })
         })
         .await?;
         changing.done();
@@ -983,6 +956,35 @@ impl MetaStore {
         .await?;
         rows.iter().map(super::object_from_row).collect()
     }
+}
+
+/// [`MetaStore::replica_stored`] inside a transaction (also run by `finish_upload`, so a new
+/// object's row and its copy's row commit together).
+pub(crate) async fn stored_in(
+    tx: &mut sqlx::AnyConnection,
+    obj: &Object,
+    site: &str,
+    adler32: Option<&str>,
+) -> Result<()> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO replicas (bucket, name, site, state, bytes, sha256, adler32, verified_at, created_at, updated_at)
+         VALUES ($1,$2,$3,'A',$4,$5,$6,$7,$7,$7)
+         ON CONFLICT (bucket, name, site) DO UPDATE SET state = 'A', bytes = excluded.bytes,
+         sha256 = excluded.sha256, adler32 = COALESCE(excluded.adler32, replicas.adler32),
+         tombstone = NULL, error_message = NULL, verified_at = excluded.verified_at,
+         updated_at = excluded.updated_at",
+    )
+    .bind(&obj.bucket)
+    .bind(&obj.name)
+    .bind(site)
+    .bind(obj.size as i64)
+    .bind(&obj.hash)
+    .bind(adler32)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// [`MetaStore::learn_copy`] inside a transaction.
