@@ -203,9 +203,9 @@ fn value_lists(rows: usize, cols: usize) -> String {
         .join(",")
 }
 
-/// The outbox rows `seqs`, as `seq IN (...)` of a statement whose other binds come first.
-fn seq_list(seqs: &[i64], first: usize) -> String {
-    (first..first + seqs.len())
+/// `$first,...` for `n` values, as in `IN (...)` of a statement whose other binds come first.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(",")
@@ -246,8 +246,7 @@ async fn set_statuses(tx: &mut AnyConnection, rows: &[OutboxRow], status: &str) 
     Ok(())
 }
 
-/// Counts completions or failures (`kind`) of orders to `sites` (one entry an order, with its
-/// bytes). The counts are kept per site, kind and second, so a total over a day reads at most
+/// Counts completions or failures (`kind`) of orders, given as (peer, bytes) each. The counts are kept per site, kind and second, so a total over a day reads at most
 /// a day's seconds, however many orders ran (one row an event made the Backbeat metrics
 /// read every event of the last 24 hours on each call).
 async fn count_events(tx: &mut AnyConnection, kind: &str, events: &[(&str, i64)]) -> Result<()> {
@@ -776,10 +775,7 @@ impl MetaStore {
             return Ok(Vec::new());
         }
         // One query for the whole list (a sender asks about up to a batch of orders at once).
-        let list = (2..op_ids.len() + 2)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = placeholders(2, op_ids.len());
         let sql = format!(
             "SELECT op_id, state, last_error, attempts FROM inbox \
              WHERE ($1 IS NULL OR from_site = $1) AND op_id IN ({list})"
@@ -951,7 +947,10 @@ impl MetaStore {
 async fn complete_in_tx(tx: &mut AnyConnection, rows: &[OutboxRow]) -> Result<()> {
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let seqs: Vec<i64> = chunk.iter().map(|r| r.seq).collect();
-        let sql = format!("DELETE FROM outbox WHERE seq IN ({})", seq_list(&seqs, 1));
+        let sql = format!(
+            "DELETE FROM outbox WHERE seq IN ({})",
+            placeholders(1, seqs.len())
+        );
         let mut query = sqlx::query(&sql);
         for seq in &seqs {
             query = query.bind(seq);
@@ -976,7 +975,7 @@ async fn set_next_attempt(
     for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "UPDATE outbox SET {set} WHERE seq IN ({})",
-            seq_list(chunk, 2)
+            placeholders(2, chunk.len())
         );
         let mut query = sqlx::query(&sql).bind(next_attempt);
         for seq in chunk {
