@@ -467,17 +467,29 @@ mod store {
             .is_empty());
         assert_eq!(status("same").await, "COMPLETED");
         assert_eq!(status("other").await, "COMPLETED");
+        // The peer's copies entered the catalogue with the completion; a DELETE's takes it out.
+        let copy = store.replica("b3", "other", "site-b").await.unwrap();
+        assert_eq!(copy.map(|c| c.bytes), Some(3), "catalogued with the completion");
+        let delete = Order {
+            action: Action::Delete,
+            ..order("b3", "other")
+        };
+        store.queue_orders(&[delete]).await.unwrap();
+        let rows = store.queued_orders("site-a", "site-b", 10).await.unwrap();
+        store.orders_completed(&rows).await.unwrap();
+        assert!(store.replica("b3", "other", "site-b").await.unwrap().is_none());
+        assert!(store.replica("b3", "same", "site-b").await.unwrap().is_some());
         let completed = store
             .event_totals(Some("site-b"), "COMPLETED", 0)
             .await
             .unwrap();
         assert_eq!(
             (completed.count, completed.bytes),
-            (3, 9),
-            "one event per order"
+            (4, 12),
+            "one event per order, the DELETE's too"
         );
         let everywhere = store.event_totals(None, "COMPLETED", 0).await.unwrap();
-        assert_eq!(everywhere.count, 3);
+        assert_eq!(everywhere.count, 4);
         let later = chrono::Utc::now().timestamp_millis() + 2_000;
         let none_yet = store.event_totals(None, "COMPLETED", later).await.unwrap();
         assert_eq!((none_yet.count, none_yet.bytes), (0, 0));

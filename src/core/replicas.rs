@@ -2,12 +2,13 @@
 //! verified write (state A with size, SHA-256 and adler32: in the transaction that makes a new
 //! object READY, see `meta::Verified`; `stored` for a replaced version), a pull in progress
 //! (`copying`, C), a deletion (`removed`). Rows for peers' copies are learned from replication
-//! (`peer_applied` at the source, `pulled_from` at the replica). A row missed here (a crash in
+//! (in the transaction that completes an order at the source, see
+//! `MetaStore::orders_completed`; `pulled_from` at the replica). A row missed here (a crash in
 //! between) is restored by the catalogue's startup reconciliation.
 
 use super::Site;
 use crate::meta::Object;
-use crate::model::order::{Action, Order, WriteOrigin};
+use crate::model::order::{Order, WriteOrigin};
 
 /// A verified copy replaced the one held here (a new object's row is written by `finish_upload`).
 pub async fn stored(site: &Site, obj: &Object, adler32: &str) {
@@ -69,26 +70,6 @@ pub async fn pulled_from(site: &Site, bucket: &str, name: &str, source: &str) {
         .await;
     if let Err(e) = done {
         tracing::warn!("catalogue: recording {source}'s copy of {bucket}/{name}: {e}");
-    }
-}
-
-/// A peer completed an order of this site: it now holds (or no longer holds) a copy.
-pub async fn peer_applied(site: &Site, order: &Order) {
-    let Some(name) = &order.object_name else {
-        return;
-    };
-    let (bucket, peer) = (&order.bucket_name, &order.to_site);
-    let done = match order.action {
-        Action::Delete => site.meta.replica_removed(bucket, name, peer).await,
-        _ => {
-            let announced = (order.size.unwrap_or(0), order.hash.as_deref());
-            site.meta
-                .learn_copy(bucket, name, peer, &site.site_id, announced)
-                .await
-        }
-    };
-    if let Err(e) = done {
-        tracing::warn!("catalogue: recording {peer}'s copy of {bucket}/{name}: {e}");
     }
 }
 

@@ -9,6 +9,7 @@ use super::cache::{Change, Changing};
 use super::replication::now_ms;
 use super::{MetaStore, Object};
 use crate::error::Result;
+use crate::model::order::{Action, Order};
 use crate::model::replica::{BadReplica, BadState, Replica, ReplicaState};
 
 const REPLICA_COLUMNS: &str = "bucket, name, site, state, bytes, sha256, adler32, tombstone, lock_cnt, error_message, created_at, updated_at, accessed_at";
@@ -958,6 +959,38 @@ impl MetaStore {
     }
 }
 
+/// The catalogue rows of the copies peers reported applied (the source's side of
+/// replication), inside the transaction that completes their orders: a peer that stored a
+/// version holds the copy this site (`here`) holds, or at least the bytes it announced; one
+/// that applied a DELETE holds none.
+pub(crate) async fn peers_applied_in(
+    tx: &mut sqlx::AnyConnection,
+    orders: &[&Order],
+    here: &str,
+) -> Result<()> {
+    for order in orders {
+        let Some(name) = order.object_name.as_deref() else {
+            continue;
+        };
+        let (bucket, peer) = (order.bucket_name.as_str(), order.to_site.as_str());
+        match order.action {
+            Action::Delete => {
+                sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3")
+                    .bind(bucket)
+                    .bind(name)
+                    .bind(peer)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            _ => {
+                let announced = (order.size.unwrap_or(0), order.hash.as_deref());
+                learn_copy_in(tx, (bucket, name), peer, here, announced).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`MetaStore::replica_stored`] inside a transaction (also run by `finish_upload`, so a new
 /// object's row and its copy's row commit together).
 pub(crate) async fn stored_in(
@@ -988,7 +1021,7 @@ pub(crate) async fn stored_in(
 }
 
 /// [`MetaStore::learn_copy`] inside a transaction.
-async fn learn_copy_in(
+pub(crate) async fn learn_copy_in(
     tx: &mut sqlx::AnyConnection,
     (bucket, name): (&str, &str),
     peer: &str,

@@ -382,15 +382,23 @@ impl MetaStore {
         self.orders_completed(std::slice::from_ref(row)).await
     }
 
-    /// The peer applied these orders: one grouped write for all of them.
+    /// The peer applied these orders: one grouped write for all of them, with the catalogue's
+    /// rows for the peer's copies (whoever sees COMPLETED finds the copy listed).
     pub async fn orders_completed(&self, rows: &[OutboxRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let changing = self.changing(row_changes(rows));
         let rows = rows.to_vec();
-        self.grouped(move |tx| Box::pin(async move { complete_in_tx(tx, &rows).await }))
-            .await?;
+        let here = self.local_site.clone();
+        self.grouped(move |tx| {
+            Box::pin(async move {
+                complete_in_tx(tx, &rows).await?;
+                let orders: Vec<&Order> = rows.iter().map(|r| &r.order).collect();
+                super::replicas::peers_applied_in(tx, &orders, &here).await
+            })
+        })
+        .await?;
         changing.done();
         Ok(())
     }

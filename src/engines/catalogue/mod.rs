@@ -3,7 +3,7 @@
 //! Each site keeps the rows of its own copies, written where the copies change: a verified
 //! write (`stored`, state A with size, SHA-256 and adler32), a pull in progress (`copying`, C),
 //! a deletion (`removed`), a BAD declaration (D, then A again once repaired). Rows for peers'
-//! copies are learned from replication (`peer_applied` at the source, `pulled_from` at the
+//! copies are learned from replication (`orders_completed` at the source, `pulled_from` at the
 //! replica); listings ask the UP peers live for their own rows and fall back to the learned
 //! ones when a peer does not answer (see [`view`]).
 //!

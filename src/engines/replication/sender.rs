@@ -339,19 +339,12 @@ async fn apply_outcome(
     Ok(())
 }
 
-/// Orders the peer applied: their copies recorded in the catalogue (concurrently, so those
-/// writes share group commits), then the orders completed in one write. In that order, a
-/// COMPLETED status means the catalogue knows the copy; a crash between the two asks the peer
-/// again, and recording a copy twice is harmless.
+/// Orders the peer applied: completed in one write, which also records the peer's copies in
+/// the catalogue, so a COMPLETED status always means the catalogue knows the copy.
 async fn completed(state: &Replication, site: &str, rows: &[OutboxRow]) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    futures::future::join_all(
-        rows.iter()
-            .map(|row| crate::core::replicas::peer_applied(&state.site, &row.order)),
-    )
-    .await;
     state.meta.orders_completed(rows).await?;
     let bytes: u64 = rows.iter().map(|r| r.order.size.unwrap_or(0)).sum();
     metrics::counter!("mirrorgate_replication_completions_total", "peer" => site.to_owned())
