@@ -469,7 +469,11 @@ mod store {
         assert_eq!(status("other").await, "COMPLETED");
         // The peer's copies entered the catalogue with the completion; a DELETE's takes it out.
         let copy = store.replica("b3", "other", "site-b").await.unwrap();
-        assert_eq!(copy.map(|c| c.bytes), Some(3), "catalogued with the completion");
+        assert_eq!(
+            copy.map(|c| c.bytes),
+            Some(3),
+            "catalogued with the completion"
+        );
         let delete = Order {
             action: Action::Delete,
             ..order("b3", "other")
@@ -477,8 +481,16 @@ mod store {
         store.queue_orders(&[delete]).await.unwrap();
         let rows = store.queued_orders("site-a", "site-b", 10).await.unwrap();
         store.orders_completed(&rows).await.unwrap();
-        assert!(store.replica("b3", "other", "site-b").await.unwrap().is_none());
-        assert!(store.replica("b3", "same", "site-b").await.unwrap().is_some());
+        assert!(store
+            .replica("b3", "other", "site-b")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .replica("b3", "same", "site-b")
+            .await
+            .unwrap()
+            .is_some());
         let completed = store
             .event_totals(Some("site-b"), "COMPLETED", 0)
             .await
