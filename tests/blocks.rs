@@ -347,6 +347,21 @@ async fn a_replaced_replica_has_the_blocks_of_its_new_version() {
         (r.status() == 206 && got_exactly(r, &new[..100]).await).then_some(())
     })
     .await;
+    // B's catalogue names the new version for its copy (written with the row).
+    let meta = format!("sqlite://{}", b.dir.join("meta.db").display());
+    let pool = sqlx::SqlitePool::connect(&meta).await.unwrap();
+    let (state, bytes, same_hash): (String, i64, bool) = sqlx::query_as(
+        "SELECT r.state, r.bytes, r.sha256 = o.hash FROM replicas r JOIN objects o
+         ON o.bucket = r.bucket AND o.name = r.name WHERE r.bucket = 'upd' AND r.name = 'obj'
+         AND r.site = 'site-b'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), bytes, same_hash),
+        ("A", new.len() as i64, true)
+    );
     flip(&b, "upd", "obj", 2 * BLOCK + 100);
     assert_range(&url, "bytes=0-1000", &new, 0, 1001).await;
     let mut corrupt = new.clone();

@@ -220,21 +220,21 @@ async fn store_incoming(
             adopt_staged(site, &obj, staged, &expected, &mut guard.committed).await
         }
     };
-    let mut received = match received {
+    let Received {
+        size,
+        sha256,
+        adler32,
+        blocks,
+        published,
+    } = match received {
         Ok(r) => r,
         Err(e) => return abandon(site, guard, e).await,
     };
-    let (s, o, origin_owned) = (site.clone(), obj.clone(), origin.clone());
-    let (size, sha256, blocks, adler32) = (
-        received.size,
-        received.sha256.clone(),
-        received.blocks.clone(),
-        received.adler32.clone(),
-    );
+    let (s, o, origin_owned, hash) = (site.clone(), obj.clone(), origin.clone(), sha256.clone());
     let committing = async move {
         let verified = Verified {
             size,
-            sha256: &sha256,
+            sha256: &hash,
             adler32: &adler32,
             blocks: &blocks,
         };
@@ -244,12 +244,12 @@ async fn store_incoming(
         return abandon(site, guard, e).await;
     }
     guard.disarm();
-    if let Some(upload) = received.published.take() {
-        upload.committed(&received.sha256);
+    if let Some(upload) = published {
+        upload.committed(&sha256);
     }
     site.hooks().object_changed(&obj.bucket, Some(&obj.name));
-    obj.size = received.size;
-    obj.hash = Some(received.sha256);
+    obj.size = size;
+    obj.hash = Some(sha256);
     obj.status = Status::Ready;
     Ok(obj)
 }
@@ -303,9 +303,10 @@ pub async fn replace(
     new.size = received.size;
     new.hash = Some(received.sha256);
     new.status = Status::Ready;
+    let copy = (&received.blocks, received.adler32.as_str());
     if let Err(e) = site
         .meta
-        .replace_object(current, &new, replica_source(origin), &received.blocks)
+        .replace_object(current, &new, replica_source(origin), copy)
         .await
     {
         // Deleted meanwhile: the bytes just written must not outlive their row.
@@ -316,7 +317,6 @@ pub async fn replace(
         return Err(e);
     }
     site.hooks().object_changed(&new.bucket, Some(&new.name));
-    crate::core::replicas::stored(site, &new, &received.adler32).await;
     Ok(new)
 }
 

@@ -1,6 +1,6 @@
 //! The replica rows this site keeps for each write, written where the copies change: a
 //! verified write (state A with size, SHA-256 and adler32: in the transaction that makes a new
-//! object READY, see `meta::Verified`; `stored` for a replaced version), a pull in progress
+//! object READY or replaces its version, see `meta::Verified`), a pull in progress
 //! (`copying`, C), a deletion (`removed`). Rows for peers' copies are learned from replication
 //! (in the transaction that completes an order at the source, see
 //! `MetaStore::orders_completed`; `pulled_from` at the replica). A row missed here (a crash in
@@ -9,15 +9,6 @@
 use super::Site;
 use crate::meta::Object;
 use crate::model::order::{Order, WriteOrigin};
-
-/// A verified copy replaced the one held here (a new object's row is written by `finish_upload`).
-pub async fn stored(site: &Site, obj: &Object, adler32: &str) {
-    let done = site
-        .meta
-        .replica_stored(obj, &site.site_id, Some(adler32))
-        .await;
-    log_failure(done, "recording a stored copy", obj);
-}
 
 /// The copy here was deleted. A deletion a peer ordered means the object is going away
 /// everywhere: what this site learned about other copies goes too.

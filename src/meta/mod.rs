@@ -777,16 +777,15 @@ impl MetaStore {
             status: Status::Ready,
             ..obj.clone()
         };
-        let (obj, replica_of, orders) =
-            (obj.clone(), replica_of.map(str::to_owned), orders.to_vec());
+        let (replica_of, orders) = (replica_of.map(str::to_owned), orders.to_vec());
         let (blocks, adler32) = (verified.blocks.clone(), verified.adler32.to_owned());
         let here = self.local_site.clone();
         self.grouped(move |tx| {
             Box::pin(async move {
                 let hash = ready.hash.as_deref().unwrap_or_default();
                 let row = (ready.size, hash, replica_of.as_deref());
-                finish_upload_in(tx, &obj, row, &orders).await?;
-                blocks::put_blocks_in(tx, (&obj.bucket, &obj.name, hash), &blocks).await?;
+                finish_upload_in(tx, &ready, row, &orders).await?;
+                blocks::put_blocks_in(tx, (&ready.bucket, &ready.name, hash), &blocks).await?;
                 replicas::stored_in(tx, &ready, &here, Some(&adler32)).await
             })
         })
@@ -886,14 +885,16 @@ impl MetaStore {
         old: &Object,
         new: &Object,
         replica_of: Option<&str>,
-        blocks: &BlockHashes,
+        (blocks, adler32): (&BlockHashes, &str),
     ) -> Result<()> {
         let changing = self.changing_object(&old.bucket, &old.name, &[]);
         let metadata =
             serde_json::to_string(&new.metadata).map_err(|e| Error::internal(e.to_string()))?;
         let (old, new) = (old.clone(), new.clone());
         let (replica_of, blocks) = (replica_of.map(str::to_owned), blocks.clone());
-        // The new version's row and its block hashes commit together, or neither does.
+        let (adler32, here) = (adler32.to_owned(), self.local_site.clone());
+        // The new version's row, its block hashes and this site's copy in the catalogue commit
+        // together, or none does.
         let replaced = self
             .grouped(move |tx| {
                 Box::pin(async move {
@@ -924,7 +925,8 @@ impl MetaStore {
                         )));
                     }
                     let hash = new.hash.as_deref().unwrap_or_default();
-                    blocks::put_blocks_in(tx, (&new.bucket, &new.name, hash), &blocks).await
+                    blocks::put_blocks_in(tx, (&new.bucket, &new.name, hash), &blocks).await?;
+                    replicas::stored_in(tx, &new, &here, Some(&adler32)).await
                 })
             })
             .await;

@@ -255,12 +255,11 @@ impl MetaStore {
     /// The copy at `site` is gone.
     pub async fn replica_removed(&self, bucket: &str, name: &str, site: &str) -> Result<()> {
         let changing = self.copy_changing(bucket, name);
-        sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3")
-            .bind(bucket)
-            .bind(name)
-            .bind(site)
-            .execute(self.pool())
-            .await?;
+        let row = (bucket.to_owned(), name.to_owned(), site.to_owned());
+        self.grouped(move |tx| {
+            Box::pin(async move { removed_in(tx, &row.0, &row.1, &row.2).await })
+        })
+        .await?;
         changing.done();
         Ok(())
     }
@@ -974,20 +973,29 @@ pub(crate) async fn peers_applied_in(
         };
         let (bucket, peer) = (order.bucket_name.as_str(), order.to_site.as_str());
         match order.action {
-            Action::Delete => {
-                sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3")
-                    .bind(bucket)
-                    .bind(name)
-                    .bind(peer)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Action::Delete => removed_in(tx, bucket, name, peer).await?,
             _ => {
                 let announced = (order.size.unwrap_or(0), order.hash.as_deref());
                 learn_copy_in(tx, (bucket, name), peer, here, announced).await?;
             }
         }
     }
+    Ok(())
+}
+
+/// [`MetaStore::replica_removed`] inside a transaction.
+async fn removed_in(
+    tx: &mut sqlx::AnyConnection,
+    bucket: &str,
+    name: &str,
+    site: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM replicas WHERE bucket = $1 AND name = $2 AND site = $3")
+        .bind(bucket)
+        .bind(name)
+        .bind(site)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -1021,7 +1029,7 @@ pub(crate) async fn stored_in(
 }
 
 /// [`MetaStore::learn_copy`] inside a transaction.
-pub(crate) async fn learn_copy_in(
+async fn learn_copy_in(
     tx: &mut sqlx::AnyConnection,
     (bucket, name): (&str, &str),
     peer: &str,
